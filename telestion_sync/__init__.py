@@ -1,0 +1,64 @@
+"""telestion_sync: a synchronous, thread-based client for the Telestion NATS message bus.
+
+For plain scripts, Jupyter notebooks and legacy tools that will never be async::
+
+    import telestion_sync as ts
+
+    with ts.connect("localhost:4222") as bus:
+        bus.publish("telemetry.temp", {"celsius": 21.5})
+        answer = bus.request("svc.add", {"a": 1, "b": 2}, timeout=2.0)
+
+The connection runs on background threads; every method is blocking and thread-safe.
+"""
+
+from ._version import __version__
+from .client import MessageBus, Stats, connect
+from .codecs import CBORCodec, Codec, JSONCodec, RawCodec
+from .errors import (
+    AuthenticationError,
+    BadSubjectError,
+    ConfigError,
+    ConnectionClosedError,
+    DecodeError,
+    Error,
+    MaxPayloadError,
+    NoRespondersError,
+    NoServersError,
+    OutboundBufferFullError,
+    PermissionViolationError,
+    ProtocolError,
+    ServiceError,
+    SlowConsumerError,
+    TimeoutError,
+)
+from .message import Message
+from .subscription import Subscription, SubscriptionClosedError
+
+__all__ = [
+    "__version__",
+    "connect",
+    "MessageBus",
+    "Stats",
+    "Message",
+    "Subscription",
+    "Codec",
+    "JSONCodec",
+    "CBORCodec",
+    "RawCodec",
+    "Error",
+    "AuthenticationError",
+    "BadSubjectError",
+    "ConfigError",
+    "ConnectionClosedError",
+    "DecodeError",
+    "MaxPayloadError",
+    "NoRespondersError",
+    "NoServersError",
+    "OutboundBufferFullError",
+    "PermissionViolationError",
+    "ProtocolError",
+    "ServiceError",
+    "SlowConsumerError",
+    "SubscriptionClosedError",
+    "TimeoutError",
+]

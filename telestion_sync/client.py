@@ -1,0 +1,741 @@
+"""``MessageBus``: the public, thread-safe facade over one NATS connection.
+
+Publishing encodes a frame and appends it to the connection's write buffer; receiving routes each
+message from the reader thread to its subscription's queue. Requests share one wildcard inbox
+subscription (``<inbox>.<nuid>.*``) and are resolved on the reader thread itself, so a callback
+may call ``request()`` on the same bus without deadlock.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import queue as _queue
+import secrets
+import ssl
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+from . import codecs as _codecs
+from .connection import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_OUTSTANDING_PINGS,
+    DEFAULT_PING_INTERVAL,
+    Connection,
+    Handler,
+    parse_servers,
+)
+from .errors import (
+    ConnectionClosedError,
+    Error,
+    MaxPayloadError,
+    NoRespondersError,
+    ProtocolError,
+    ServiceError,
+    TimeoutError,
+)
+from .message import SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER, Message
+from .protocol import (
+    Event,
+    encode_headers,
+    encode_hpub,
+    encode_sub,
+    encode_unsub,
+    parse_headers,
+    validate_queue,
+    validate_subject,
+)
+from .subscription import (
+    DEFAULT_PENDING_BYTES_LIMIT,
+    DEFAULT_PENDING_MSGS_LIMIT,
+    Callback,
+    Subscription,
+    wake_all,
+)
+
+log = logging.getLogger("telestion_sync.client")
+
+DEFAULT_SERVER = "nats://127.0.0.1:4222"
+DEFAULT_TIMEOUT = 5.0
+_SUBJECT_CACHE_SIZE = 4096
+_CLOSED: Any = object()  # a request slot's value when the bus closed under it
+
+ErrorCallback = Callable[[BaseException], Any]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters of a bus since it connected."""
+
+    in_msgs: int
+    in_bytes: int
+    out_msgs: int
+    out_bytes: int
+    reconnects: int
+    errors: int
+
+
+_live_buses: "weakref.WeakSet[MessageBus]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Flush and close buses a script forgot to close, so buffered publishes still go out."""
+    for bus in list(_live_buses):
+        try:
+            bus.close()
+        except Exception:  # pragma: no cover - best effort at interpreter exit
+            log.debug("closing a bus at exit failed", exc_info=True)
+
+
+class MessageBus(Handler):
+    """A connection to the NATS bus with a blocking, thread-safe API.
+
+    Create it with :func:`connect`. Every method may be called from any thread, including from
+    inside subscription callbacks. Use it as a context manager (or call :meth:`close`) to send
+    what is buffered and stop its threads.
+    """
+
+    def __init__(
+        self,
+        servers: Union[str, Sequence[str]] = DEFAULT_SERVER,
+        *,
+        name: Optional[str] = None,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        token: Optional[str] = None,
+        tls: Optional[ssl.SSLContext] = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        max_outstanding_pings: int = DEFAULT_MAX_OUTSTANDING_PINGS,
+        echo: bool = True,
+        inbox_prefix: str = "_INBOX",
+        default_codec: _codecs.CodecSpec = "json",
+        pending_msgs_limit: int = DEFAULT_PENDING_MSGS_LIMIT,
+        pending_bytes_limit: int = DEFAULT_PENDING_BYTES_LIMIT,
+        on_error: Optional[ErrorCallback] = None,
+        on_disconnect: Optional[Callable[[], Any]] = None,
+        on_reconnect: Optional[Callable[[], Any]] = None,
+        on_close: Optional[Callable[[], Any]] = None,
+    ) -> None:
+        self._servers = parse_servers(servers)
+        validate_subject(inbox_prefix, wildcards=False)
+        self._default_codec = _codecs.get_codec(default_codec, _codecs.JSON)
+        self._pending_msgs_limit = pending_msgs_limit
+        self._pending_bytes_limit = pending_bytes_limit
+        self._on_error = on_error
+        self._on_disconnect = on_disconnect
+        self._on_reconnect = on_reconnect
+        self._on_close = on_close
+        self._inbox_prefix = inbox_prefix
+        self._conn = Connection(
+            self._servers,
+            self,
+            name=name,
+            user=user,
+            password=password,
+            token=token,
+            tls=tls,
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+            max_outstanding_pings=max_outstanding_pings,
+            echo=echo,
+        )
+        self.name = name
+        self._subs: Dict[int, Subscription] = {}
+        self._sids = itertools.count(1)
+        self._pub_subjects: Dict[str, bytes] = {}
+        self._touched: List[Subscription] = []
+        # Requests: one wildcard subscription, replies matched by the last token.
+        self._resp_lock = threading.Lock()
+        self._resp_sid = -1
+        self._resp_prefix = b""
+        self._resp_prefix_len = 0
+        self._resp_map: Dict[bytes, List[Any]] = {}
+        self._req_ids = itertools.count(1)
+        # Counters (the reader writes in_*, _report_error writes errors).
+        self._in_msgs = 0
+        self._in_bytes = 0
+        self._errors = 0
+        self._reconnects = 0
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._status_q: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
+        self._status_thread: Optional[threading.Thread] = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._conn.connect()
+        self._status_thread = threading.Thread(
+            target=self._status_loop, name="telestion_sync-status", daemon=True
+        )
+        self._status_thread.start()
+        _live_buses.add(self)
+
+    def __enter__(self) -> MessageBus:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def is_connected(self) -> bool:
+        """True while a server connection is up."""
+        return self._conn.connected
+
+    @property
+    def is_closed(self) -> bool:
+        """True once :meth:`close` (or :meth:`drain`) ended the bus."""
+        return self._closed
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message (headers + payload) the server accepts, in bytes."""
+        return self._conn.max_payload
+
+    @property
+    def connected_url(self) -> Optional[str]:
+        """The URL of the connected server, without credentials."""
+        addr = self._conn.addr
+        return addr.url if addr is not None and self._conn.connected else None
+
+    @property
+    def server_info(self) -> Dict[str, Any]:
+        """The server's INFO (server_id, version, max_payload, ...)."""
+        return dict(self._conn.info)
+
+    @property
+    def stats(self) -> Stats:
+        """Message and byte counters in both directions, reconnects and reported errors."""
+        conn = self._conn
+        return Stats(
+            self._in_msgs, self._in_bytes, conn.out_msgs, conn.out_bytes, self._reconnects, self._errors
+        )
+
+    def close(self) -> None:
+        """Send what is buffered, stop all threads, end every subscription (idempotent).
+
+        Blocked ``request()`` calls and ``next_msg()`` calls return with
+        :class:`ConnectionClosedError`.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _live_buses.discard(self)
+        self._conn.close()
+        self._fail_requests()
+        subs = list(self._subs.values())
+        self._subs.clear()
+        for sub in subs:
+            sub._close(ConnectionClosedError("the bus is closed"))
+        for sub in subs:
+            sub._join(2.0)
+        self._status_q.put(None)
+        t = self._status_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(2.0)
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Stop receiving, deliver what is pending to callbacks, send what is buffered, close."""
+        deadline = time.monotonic() + timeout
+        subs = list(self._subs.values())
+        try:
+            for sub in subs:
+                sub._draining = True
+                self._conn.write(encode_unsub(sub.sid))
+            self.flush(timeout)
+            for sub in subs:
+                self._subs.pop(sub.sid, None)
+                sub._close()
+            for sub in subs:
+                if sub._callback is not None and sub._thread is not threading.current_thread():
+                    sub._idle.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            self.close()
+
+    # --- publishing --------------------------------------------------------------------------
+
+    def publish(
+        self,
+        subject: str,
+        data: Any = b"",
+        *,
+        reply: Optional[str] = None,
+        headers: Optional[Mapping[str, Any]] = None,
+        codec: _codecs.CodecSpec = None,
+    ) -> None:
+        """Send ``data`` on ``subject``.
+
+        ``bytes`` go out unchanged; anything else is encoded with ``codec`` (default: the bus's
+        ``default_codec``, JSON). CBOR adds ``Content-Type: application/cbor``. Raises
+        :class:`BadSubjectError`, :class:`MaxPayloadError`, or ``TypeError``/``ValueError`` from
+        the codec, before anything is sent.
+        """
+        rb = None if reply is None else validate_subject(reply, wildcards=False)
+        self._publish(subject, data, rb, headers, codec, False)
+
+    def _publish(
+        self,
+        subject: str,
+        data: Any,
+        reply: Optional[bytes],
+        headers: Optional[Mapping[str, Any]],
+        codec: _codecs.CodecSpec,
+        now: bool,
+    ) -> None:
+        sb = self._pub_subjects.get(subject)
+        if sb is None:
+            sb = validate_subject(subject, wildcards=False)
+            if len(self._pub_subjects) < _SUBJECT_CACHE_SIZE:
+                self._pub_subjects[subject] = sb
+        if type(data) is bytes and codec is None:
+            payload = data
+        else:
+            payload, ctype = self._encode(data, codec)
+            if ctype is not None and not (headers and _codecs.CONTENT_TYPE in headers):
+                headers = {**headers, _codecs.CONTENT_TYPE: ctype} if headers else {_codecs.CONTENT_TYPE: ctype}
+        n = len(payload)
+        if headers:
+            hb = encode_headers(headers)
+            size = n + len(hb)
+            frame = encode_hpub(sb, hb, payload, reply)
+        else:
+            size = n
+            if reply is None:
+                frame = b"PUB %s %d\r\n%s\r\n" % (sb, n, payload)
+            else:
+                frame = b"PUB %s %s %d\r\n%s\r\n" % (sb, reply, n, payload)
+        conn = self._conn
+        if size > conn.max_payload:
+            raise MaxPayloadError(size, conn.max_payload)
+        conn.write(frame, 1, n)
+        if now:
+            conn.send_now()
+
+    def _encode(self, data: Any, codec: _codecs.CodecSpec) -> Any:
+        c = self._default_codec if codec is None else _codecs.get_codec(codec)
+        if isinstance(data, (bytes, bytearray, memoryview)) and (
+            codec is None or c is _codecs.RAW or c is _codecs.AUTO
+        ):
+            return bytes(data), None
+        return c.encode(data), c.content_type
+
+    def flush(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Send what is buffered and wait until the server has processed it (PING/PONG)."""
+        self._check_open()
+        self._conn.ping(timeout)
+
+    def rtt(self, timeout: float = DEFAULT_TIMEOUT) -> float:
+        """The round-trip time to the server in seconds."""
+        start = time.perf_counter()
+        self.flush(timeout)
+        return time.perf_counter() - start
+
+    def new_inbox(self) -> str:
+        """A unique subject to receive replies on."""
+        return f"{self._inbox_prefix}.{secrets.token_hex(11)}"
+
+    # --- subscribing -------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        subject: str,
+        callback: Optional[Callback] = None,
+        *,
+        queue: Optional[str] = None,
+        codec: _codecs.CodecSpec = "auto",
+        schema: Optional[Callable[[Any], Any]] = None,
+        max_msgs: Optional[int] = None,
+        pending_msgs_limit: Optional[int] = None,
+        pending_bytes_limit: Optional[int] = None,
+    ) -> Subscription:
+        """Receive messages on ``subject`` (``*`` and ``>`` wildcards allowed).
+
+        With ``callback`` each message is passed to it, in order, on the subscription's own
+        thread; without one, pull messages with ``next_msg(timeout)`` or iterate. ``queue``
+        joins a queue group (one member gets each message). ``codec`` decodes ``msg.data``;
+        ``schema`` (any callable) validates or converts it. ``max_msgs`` auto-unsubscribes.
+        """
+        self._check_open()
+        sb = validate_subject(subject, wildcards=True)
+        qb = validate_queue(queue) if queue is not None else None
+        c = _codecs.get_codec(codec)
+        sid = next(self._sids)
+        sub = Subscription(
+            self,
+            sid,
+            subject,
+            queue,
+            callback,
+            c,
+            schema,
+            pending_msgs_limit or self._pending_msgs_limit,
+            pending_bytes_limit or self._pending_bytes_limit,
+        )
+        self._subs[sid] = sub
+        try:
+            self._conn.write(encode_sub(sb, sid, qb))
+        except BaseException:
+            self._subs.pop(sid, None)
+            sub._close()
+            raise
+        if max_msgs is not None:
+            sub.auto_unsubscribe(max_msgs)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        if self._subs.pop(sub.sid, None) is not None and not self._closed:
+            try:
+                self._conn.write(encode_unsub(sub.sid))
+            except ConnectionClosedError:
+                pass
+
+    def _auto_unsubscribe(self, sub: Subscription, max_msgs: int) -> None:
+        self._conn.write(encode_unsub(sub.sid, max_msgs))
+
+    def _drain_sub(self, sub: Subscription, timeout: Optional[float]) -> None:
+        self._conn.write(encode_unsub(sub.sid))
+        self.flush(DEFAULT_TIMEOUT if timeout is None else timeout)
+        self._subs.pop(sub.sid, None)
+
+    def _remove_sub(self, sid: int) -> None:
+        self._subs.pop(sid, None)
+
+    @property
+    def subscriptions(self) -> List[Subscription]:
+        """The active subscriptions."""
+        return list(self._subs.values())
+
+    # --- request / reply ---------------------------------------------------------------------
+
+    def _ensure_resp_sub(self) -> None:
+        with self._resp_lock:
+            if self._resp_sid > 0:
+                return
+            prefix = f"{self._inbox_prefix}.{secrets.token_hex(11)}."
+            sid = next(self._sids)
+            self._resp_prefix = prefix.encode()
+            self._resp_prefix_len = len(self._resp_prefix)
+            self._conn.write(encode_sub(self._resp_prefix + b"*", sid))
+            self._resp_sid = sid
+
+    def request(
+        self,
+        subject: str,
+        data: Any = b"",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: Optional[Mapping[str, Any]] = None,
+        codec: _codecs.CodecSpec = None,
+    ) -> Message:
+        """Send a request and wait for the first reply; return it as a :class:`Message`.
+
+        Raises :class:`NoRespondersError` at once when nobody listens on ``subject``,
+        :class:`TimeoutError` after ``timeout`` seconds, and :class:`ServiceError` when the
+        responder answered with NATS micro error headers.
+        """
+        self._check_open()
+        if self._resp_sid < 0:
+            self._ensure_resp_sub()
+        token = b"%d" % next(self._req_ids)
+        lock = threading.Lock()
+        lock.acquire()
+        slot = [lock, None]
+        self._resp_map[token] = slot
+        try:
+            self._publish(subject, data, self._resp_prefix + token, headers, codec, True)
+            if not lock.acquire(True, timeout):
+                raise TimeoutError(f"no reply to request on {subject!r} within {timeout} s")
+        finally:
+            self._resp_map.pop(token, None)
+        msg = slot[1]
+        if msg is _CLOSED:
+            raise ConnectionClosedError(f"the bus closed while waiting for a reply on {subject!r}")
+        return _check_reply(subject, msg)
+
+    def _on_response(self, subject: bytes, payload: bytes, hdr: Optional[bytes]) -> None:
+        slot = self._resp_map.pop(subject[self._resp_prefix_len :], None)
+        if slot is None:
+            return  # a late or duplicate reply; its request already returned
+        msg = self._make_msg(subject, None, payload, hdr, self._resp_sid, _codecs.AUTO, None)
+        if msg is None:
+            return
+        slot[1] = msg
+        slot[0].release()
+
+    def _fail_requests(self) -> None:
+        slots = list(self._resp_map.values())
+        self._resp_map.clear()
+        for slot in slots:
+            slot[1] = _CLOSED
+            try:
+                slot[0].release()
+            except RuntimeError:
+                pass
+
+    def request_many(
+        self,
+        subject: str,
+        data: Any = b"",
+        *,
+        timeout: float = 1.0,
+        max_msgs: Optional[int] = None,
+        headers: Optional[Mapping[str, Any]] = None,
+        codec: _codecs.CodecSpec = None,
+    ) -> List[Message]:
+        """Scatter-gather: send one request, collect every reply until ``timeout`` seconds
+        have passed or ``max_msgs`` replies arrived. No responders gives an empty list."""
+        inbox = self.new_inbox()
+        sub = self.subscribe(inbox)
+        deadline = time.monotonic() + timeout
+        replies: List[Message] = []
+        try:
+            self._publish(subject, data, inbox.encode(), headers, codec, True)
+            while max_msgs is None or len(replies) < max_msgs:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    msg = sub.next_msg(left)
+                except TimeoutError:
+                    break
+                if msg.status == 503:
+                    break
+                replies.append(msg)
+        finally:
+            sub.unsubscribe()
+        return replies
+
+    def reply(
+        self,
+        subject: str,
+        handler: Callable[[Message], Any],
+        *,
+        queue: Optional[str] = None,
+        codec: _codecs.CodecSpec = "auto",
+        schema: Optional[Callable[[Any], Any]] = None,
+        **subscribe_options: Any,
+    ) -> Subscription:
+        """Answer requests on ``subject``: the handler's return value is the reply.
+
+        The reply is encoded with ``codec`` when one is given; in ``"auto"`` mode bytes go out
+        raw, a CBOR request gets a CBOR reply, anything else JSON. A handler that raises
+        answers with the ``Nats-Service-Error`` headers (code from :class:`ServiceError`, else
+        500), which ``request()`` raises as :class:`ServiceError`. A request that fails to
+        decode or to pass ``schema`` is answered with code 400 and reported to the error handler.
+        A handler that called ``msg.respond()`` itself is not answered twice.
+        """
+        c = _codecs.get_codec(codec)
+
+        def serve(msg: Message) -> None:
+            try:
+                result = handler(msg)
+            except ServiceError as exc:
+                self._respond_error(msg, exc.description, exc.code)
+                return
+            except Exception as exc:
+                self._respond_error(msg, str(exc) or type(exc).__name__, 500)
+                raise
+            if msg.reply and not msg._responded:
+                self._respond_value(msg, result, c)
+
+        sub = self.subscribe(subject, serve, queue=queue, codec=c, schema=schema, **subscribe_options)
+        sub.on_decode_error = lambda msg, exc: self._respond_error(msg, str(exc), 400)
+        return sub
+
+    def _respond_value(self, msg: Message, result: Any, codec: _codecs.Codec) -> None:
+        if codec is _codecs.AUTO:
+            if isinstance(result, (bytes, bytearray, memoryview)):
+                codec = _codecs.RAW
+            else:
+                ctype = msg.headers.get(_codecs.CONTENT_TYPE, "")
+                codec = _codecs.CBOR if ctype == _codecs.CBOR_CONTENT_TYPE else self._default_codec
+        try:
+            msg.respond(result, codec=codec)
+        except (TypeError, ValueError) as exc:
+            self._respond_error(msg, f"reply does not encode: {exc}", 500)
+            raise
+
+    def _respond_error(self, msg: Message, description: str, code: int) -> None:
+        if not msg.reply or msg._responded:
+            return
+        text = description.replace("\r", " ").replace("\n", " ")
+        msg.respond(b"", headers={SERVICE_ERROR_HEADER: text, SERVICE_ERROR_CODE_HEADER: str(code)})
+
+    # --- reader callbacks (run on the connection's reader thread) ----------------------------
+
+    def _make_msg(
+        self,
+        subject: bytes,
+        reply: Optional[bytes],
+        payload: bytes,
+        hdr: Optional[bytes],
+        sid: int,
+        codec: _codecs.Codec,
+        schema: Optional[Callable[[Any], Any]],
+    ) -> Optional[Message]:
+        status = None
+        description = ""
+        headers = None
+        if hdr is not None:
+            try:
+                status, description, headers = parse_headers(hdr)
+            except ProtocolError as exc:
+                self._report_error(exc)
+                return None
+        return Message(
+            subject.decode(),
+            payload,
+            reply.decode() if reply is not None else None,
+            headers,
+            status,
+            description,
+            sid,
+            self,
+            codec,
+            schema,
+        )
+
+    def _on_msg(self, event: Event) -> None:
+        _, subject, sid, reply, payload, hdr = event
+        self._in_msgs += 1
+        self._in_bytes += len(payload)
+        if sid == self._resp_sid:
+            self._on_response(subject, payload, hdr)
+            return
+        sub = self._subs.get(sid)
+        if sub is None:
+            return  # arrived after unsubscribe
+        if hdr is None:
+            msg = Message(
+                subject.decode(),
+                payload,
+                reply.decode() if reply is not None else None,
+                None,
+                None,
+                "",
+                sid,
+                self,
+                sub.codec,
+                sub.schema,
+            )
+        else:
+            made = self._make_msg(subject, reply, payload, hdr, sid, sub.codec, sub.schema)
+            if made is None:
+                return
+            msg = made
+        if sub._enqueue(msg, len(payload)) and not sub._touched:
+            sub._touched = True
+            self._touched.append(sub)
+
+    def _on_batch_end(self) -> None:
+        if self._touched:
+            wake_all(self._touched)
+
+    def _on_server_error(self, err: Error) -> None:
+        self._report_error(err)
+
+    def _on_connection_lost(self, err: BaseException) -> None:
+        self._report_error(
+            err if isinstance(err, Error) else ConnectionClosedError(f"connection lost: {err}")
+        )
+        self._status_q.put((self._on_disconnect, ()))
+        self.close()
+
+    # --- status callbacks --------------------------------------------------------------------
+
+    def _report_error(self, err: BaseException) -> None:
+        """Count an error and hand it to ``on_error`` on the status thread (or log it)."""
+        self._errors += 1
+        self._status_q.put((self._deliver_error, (err,)))
+
+    def _deliver_error(self, err: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(err)
+        else:
+            log.warning("%s: %s", type(err).__name__, err)
+
+    def _status_loop(self) -> None:
+        while True:
+            item = self._status_q.get()
+            if item is None:
+                break
+            fn, args = item
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("status callback %r raised", fn)
+        if self._on_close is not None:
+            try:
+                self._on_close()
+            except Exception:
+                log.exception("on_close callback raised")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionClosedError("the bus is closed")
+
+    @property
+    def threads(self) -> List[threading.Thread]:
+        """Every live thread of this bus (reader, writer, status, subscription threads)."""
+        found = list(self._conn.threads)
+        if self._status_thread is not None and self._status_thread.is_alive():
+            found.append(self._status_thread)
+        for sub in self._subs.values():
+            if sub._thread is not None and sub._thread.is_alive():
+                found.append(sub._thread)
+        return found
+
+    def __repr__(self) -> str:
+        if self._closed:
+            state = "closed"
+        elif self._conn.connected:
+            state = f"connected to {self.connected_url}"
+        else:
+            state = "disconnected"
+        name = f" name={self.name!r}" if self.name else ""
+        return f"<MessageBus {state}{name} subscriptions={len(self._subs)}>"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        s = self.stats
+        return (
+            f"<b>{html.escape(repr(self))}</b><br><small>in {s.in_msgs} msgs / {s.in_bytes} B, "
+            f"out {s.out_msgs} msgs / {s.out_bytes} B, errors {s.errors}</small>"
+        )
+
+
+def _check_reply(subject: str, msg: Message) -> Message:
+    """Turn a no-responders status or a micro error reply into the matching exception."""
+    if msg.status == 503:
+        raise NoRespondersError(subject)
+    h = msg._headers
+    if h is not None and SERVICE_ERROR_HEADER in h:
+        try:
+            code = int(h.get(SERVICE_ERROR_CODE_HEADER, "500"))
+        except ValueError:
+            code = 500
+        raise ServiceError(h[SERVICE_ERROR_HEADER], code, msg)
+    return msg
+
+
+def connect(servers: Union[str, Sequence[str]] = DEFAULT_SERVER, **options: Any) -> MessageBus:
+    """Connect to a NATS server (or the first reachable server of a list) and return the bus.
+
+    ``servers``: a URL, a comma-separated list, or a list; ``host:port`` without a scheme works
+    and credentials in a URL are percent-decoded. Fails at once with
+    :class:`AuthenticationError` on refused credentials and :class:`NoServersError` when no
+    server answers within ``connect_timeout``. See :class:`MessageBus` for the options.
+    """
+    bus = MessageBus(servers, **options)
+    bus._connect()
+    return bus

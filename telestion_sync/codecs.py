@@ -1,0 +1,172 @@
+"""Payload codecs: JSON (Telestion's default), CBOR (binary, marked by a header), raw bytes.
+
+JSON goes on the wire as plain UTF-8 JSON with no header, so TypeScript services read it with
+their ``JSONCodec`` unchanged. CBOR carries ``Content-Type: application/cbor`` so a receiver in
+``"auto"`` mode decodes it without being told. A codec is any object with ``encode``/``decode``
+and a ``content_type`` (None for no header); the built-ins are looked up by name.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Optional, Union
+
+import cbor2
+
+CONTENT_TYPE = "Content-Type"
+CBOR_CONTENT_TYPE = "application/cbor"
+JSON_CONTENT_TYPE = "application/json"
+
+
+class Codec:
+    """Base class of codecs: ``encode(obj) -> bytes`` and ``decode(payload) -> obj``.
+
+    ``encode`` raises ``TypeError``/``ValueError`` naming what it cannot encode; ``decode``
+    raises ``ValueError`` for a payload it cannot read. ``content_type`` is sent as the
+    ``Content-Type`` header when set.
+    """
+
+    name = "codec"
+    content_type: Optional[str] = None
+
+    def encode(self, obj: Any) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, payload: bytes) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class JSONCodec(Codec):
+    """Compact UTF-8 JSON without a header (what Telestion's TypeScript services send)."""
+
+    name = "json"
+
+    def encode(self, obj: Any) -> bytes:
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                "bytes are not JSON serializable; publish bytes as they are (codec='raw') "
+                "or inside a structure with codec='cbor'"
+            )
+        try:
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        except TypeError as exc:
+            raise TypeError(f"cannot encode as JSON: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"cannot encode as JSON: {exc}") from None
+
+    def decode(self, payload: bytes) -> Any:
+        return json.loads(payload)
+
+
+class CBORCodec(Codec):
+    """CBOR (RFC 8949) via ``cbor2``; bytes inside structures survive the trip."""
+
+    name = "cbor"
+    content_type = CBOR_CONTENT_TYPE
+
+    def encode(self, obj: Any) -> bytes:
+        try:
+            return cbor2.dumps(obj)
+        except cbor2.CBOREncodeError as exc:
+            raise TypeError(f"cannot encode {type(obj).__name__} as CBOR: {exc}") from None
+
+    def decode(self, payload: bytes) -> Any:
+        try:
+            return cbor2.loads(payload)
+        except cbor2.CBORDecodeError as exc:
+            raise ValueError(f"invalid CBOR: {exc}") from None
+
+
+class RawCodec(Codec):
+    """Bytes unchanged; ``str`` is sent as UTF-8. Decoding returns the bytes."""
+
+    name = "raw"
+
+    def encode(self, obj: Any) -> bytes:
+        if isinstance(obj, bytes):
+            return obj
+        if isinstance(obj, (bytearray, memoryview)):
+            return bytes(obj)
+        if isinstance(obj, str):
+            return obj.encode()
+        raise TypeError(f"codec 'raw' sends bytes or str, not {type(obj).__name__}")
+
+    def decode(self, payload: bytes) -> Any:
+        return payload
+
+
+# First bytes a JSON document can start with (after whitespace): a cheap pre-check so that
+# "auto" does not pay for an exception on every binary payload.
+_JSON_START = frozenset(b'{["-0123456789tfn \t\r\n')
+
+
+class AutoCodec(Codec):
+    """Decode by the ``Content-Type`` header; without one, JSON if the payload is JSON, else bytes.
+
+    Encoding in auto mode sends bytes unchanged and everything else as JSON.
+    """
+
+    name = "auto"
+
+    def encode(self, obj: Any) -> bytes:
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return bytes(obj)
+        return JSON.encode(obj)
+
+    def decode(self, payload: bytes) -> Any:
+        return decode_auto(payload, None)
+
+
+JSON = JSONCodec()
+CBOR = CBORCodec()
+RAW = RawCodec()
+AUTO = AutoCodec()
+
+_BY_NAME = {"json": JSON, "cbor": CBOR, "raw": RAW, "auto": AUTO, "bytes": RAW, "binary": RAW}
+
+CodecSpec = Union[str, Codec, None]
+
+
+def get_codec(spec: CodecSpec, default: Codec = AUTO) -> Codec:
+    """The codec for a name (``"auto"``, ``"json"``, ``"cbor"``, ``"raw"``) or codec object."""
+    if spec is None:
+        return default
+    if isinstance(spec, str):
+        try:
+            return _BY_NAME[spec.lower()]
+        except KeyError:
+            raise ValueError(
+                f"unknown codec {spec!r}; use 'auto', 'json', 'cbor', 'raw' or a codec object"
+            ) from None
+    if callable(getattr(spec, "encode", None)) and callable(getattr(spec, "decode", None)):
+        return spec
+    raise TypeError(f"codec must be a name or an object with encode/decode, not {spec!r}")
+
+
+def decode_auto(payload: bytes, headers: Optional[Mapping[str, str]]) -> Any:
+    """Decode as ``"auto"`` does: by Content-Type, else JSON if it parses, else raw bytes."""
+    if headers:
+        ctype = headers.get(CONTENT_TYPE)
+        if ctype is not None:
+            ctype = ctype.split(";", 1)[0].strip().lower()
+            if ctype == CBOR_CONTENT_TYPE:
+                return CBOR.decode(payload)
+            if ctype == JSON_CONTENT_TYPE:
+                return json.loads(payload)
+            return payload
+    if payload and payload[0] in _JSON_START:
+        try:
+            return json.loads(payload)
+        except ValueError:
+            pass
+    return payload
+
+
+def may_fail(codec: Codec, headers: Optional[Mapping[str, str]]) -> bool:
+    """Whether decoding can raise (so it must happen before delivery, not on first access)."""
+    if codec is AUTO:
+        return bool(headers) and CONTENT_TYPE in headers  # type: ignore[operator]
+    return codec is not RAW

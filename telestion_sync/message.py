@@ -1,0 +1,155 @@
+"""The received message users touch: subject, reply, headers, raw payload and decoded data."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
+
+from . import codecs as _codecs
+from .errors import DecodeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import MessageBus
+
+_UNSET: Any = object()
+_EMPTY_HEADERS: Dict[str, str] = {}
+
+#: Headers of NATS micro error replies (nats.go's micro package uses the same).
+SERVICE_ERROR_HEADER = "Nats-Service-Error"
+SERVICE_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+
+class Message:
+    """One received message.
+
+    ``payload`` is always the raw bytes. ``data`` is the payload decoded by the subscription's
+    codec (by default ``"auto"``: the ``Content-Type`` header decides, otherwise JSON if it parses,
+    otherwise the bytes), decoded once on first access; a payload that does not decode raises
+    :class:`~telestion_sync.DecodeError`. ``respond()`` answers a request.
+    """
+
+    __slots__ = (
+        "subject",
+        "reply",
+        "payload",
+        "_headers",
+        "status",
+        "description",
+        "sid",
+        "_bus",
+        "_codec",
+        "_schema",
+        "_data",
+        "_responded",
+    )
+
+    def __init__(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: Optional[str] = None,
+        headers: Optional[Dict[str, str]] = None,
+        status: Optional[int] = None,
+        description: str = "",
+        sid: int = 0,
+        bus: Optional[MessageBus] = None,
+        codec: _codecs.Codec = _codecs.AUTO,
+        schema: Optional[Callable[[Any], Any]] = None,
+    ) -> None:
+        self.subject = subject
+        self.reply = reply
+        self.payload = payload
+        self._headers = headers
+        self.status = status
+        self.description = description
+        self.sid = sid
+        self._bus = bus
+        self._codec = codec
+        self._schema = schema
+        self._data = _UNSET
+        self._responded = False
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        """The message headers (an empty dict when it had none)."""
+        h = self._headers
+        return h if h is not None else {}
+
+    @property
+    def data(self) -> Any:
+        """The payload decoded by the subscription's codec (and ``schema=``), cached."""
+        d = self._data
+        if d is _UNSET:
+            d = self._data = self._decode()
+        return d
+
+    def _decode(self) -> Any:
+        codec = self._codec
+        try:
+            if codec is _codecs.AUTO:
+                value = _codecs.decode_auto(self.payload, self._headers)
+            else:
+                value = codec.decode(self.payload)
+        except Exception as exc:
+            raise DecodeError(
+                f"message on {self.subject!r} does not decode as {codec.name}: {exc}", self
+            ) from exc
+        schema = self._schema
+        if schema is not None:
+            try:
+                value = schema(value)
+            except Exception as exc:
+                raise DecodeError(
+                    f"message on {self.subject!r} fails its schema: {exc}", self
+                ) from exc
+        return value
+
+    def json(self) -> Any:
+        """The payload parsed as JSON, whatever the subscription's codec."""
+        try:
+            return json.loads(self.payload)
+        except ValueError as exc:
+            raise DecodeError(f"message on {self.subject!r} is not JSON: {exc}", self) from exc
+
+    def cbor(self) -> Any:
+        """The payload parsed as CBOR, whatever the subscription's codec."""
+        try:
+            return _codecs.CBOR.decode(self.payload)
+        except ValueError as exc:
+            raise DecodeError(f"message on {self.subject!r} is not CBOR: {exc}", self) from exc
+
+    def respond(
+        self,
+        data: Any = b"",
+        *,
+        codec: _codecs.CodecSpec = None,
+        headers: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """Publish ``data`` to this message's reply subject (answer a request)."""
+        if not self.reply:
+            raise ValueError(f"message on {self.subject!r} has no reply subject to respond to")
+        if self._bus is None:
+            raise ValueError("message is not bound to a bus; use bus.publish(msg.reply, ...)")
+        self._bus._publish(self.reply, data, None, headers, codec, True)
+        self._responded = True
+
+    @property
+    def service_error(self) -> Optional[str]:
+        """The ``Nats-Service-Error`` text of an error reply, else None."""
+        h = self._headers
+        return h.get(SERVICE_ERROR_HEADER) if h else None
+
+    def __repr__(self) -> str:
+        shown = self.payload[:40]
+        more = "..." if len(self.payload) > 40 else ""
+        extra = f" reply={self.reply!r}" if self.reply else ""
+        if self._headers:
+            extra += f" headers={self._headers!r}"
+        if self.status is not None:
+            extra += f" status={self.status}"
+        return f"<Message subject={self.subject!r}{extra} payload={shown!r}{more}>"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return "<code>" + html.escape(repr(self)) + "</code>"

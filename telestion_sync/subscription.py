@@ -1,0 +1,306 @@
+"""Subscriptions: a bounded pending queue each, drained by a callback thread or by ``next_msg``.
+
+The socket reader only appends to a subscription's queue (and drops, counts and reports when the
+queue is full), so a slow callback never stalls reading. A callback subscription delivers in
+order on a thread of its own; one without a callback is pulled with ``next_msg(timeout)`` or
+iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Deque, Iterator, List, Optional
+
+from . import codecs as _codecs
+from .errors import ConnectionClosedError, DecodeError, Error, SlowConsumerError, TimeoutError
+from .message import Message
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import MessageBus
+
+log = logging.getLogger("telestion_sync.subscription")
+
+#: nats.go's defaults for a subscription's pending limits.
+DEFAULT_PENDING_MSGS_LIMIT = 512 * 1024
+DEFAULT_PENDING_BYTES_LIMIT = 64 * 1024 * 1024
+
+Callback = Callable[[Message], Any]
+
+
+class SubscriptionClosedError(ConnectionClosedError):
+    """The subscription was unsubscribed, drained, or reached its auto-unsubscribe limit."""
+
+
+class Subscription:
+    """Interest in a subject (with wildcards and an optional queue group).
+
+    ``pending`` counts messages waiting to be delivered, ``delivered`` those handed to the user,
+    ``dropped`` those lost because the pending limits were reached (each drop is also reported
+    to the bus's error handler as :class:`~telestion_sync.SlowConsumerError`).
+    """
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        sid: int,
+        subject: str,
+        queue: Optional[str],
+        callback: Optional[Callback],
+        codec: _codecs.Codec,
+        schema: Optional[Callable[[Any], Any]],
+        pending_msgs_limit: int,
+        pending_bytes_limit: int,
+    ) -> None:
+        self._bus = bus
+        self.sid = sid
+        self.subject = subject
+        self.queue = queue
+        self._callback = callback
+        self.codec = codec
+        self.schema = schema
+        self.pending_msgs_limit = pending_msgs_limit
+        self.pending_bytes_limit = pending_bytes_limit
+        self._queue: Deque[Message] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting = False  # consumer is (about to be) blocked in wait(); read by the reader
+        self._touched = False  # already in the reader's wake list for this batch
+        # Counters written by exactly one thread each, so no lock is needed.
+        self._received = 0  # reader
+        self._bytes_in = 0  # reader
+        self._dropped = 0  # reader
+        self._slow = False  # reader
+        self._delivered = 0  # consumer
+        self._bytes_out = 0  # consumer
+        self._max: Optional[int] = None
+        self._closed = False  # no more messages will be queued
+        self._draining = False
+        self._error: Optional[BaseException] = None  # why it failed, raised by next_msg
+        self._thread: Optional[threading.Thread] = None
+        self._idle = threading.Event()  # set when closed and everything pending is delivered
+        # Decoding happens before delivery when it can fail, so a bad payload never reaches a
+        # callback; otherwise it is left to the first access of ``msg.data``.
+        self._eager = schema is not None or codec is not _codecs.AUTO and codec is not _codecs.RAW
+        self.on_decode_error: Optional[Callable[[Message, DecodeError], None]] = None
+        if callback is not None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"telestion_sync-sub-{sid}-{subject}", daemon=True
+            )
+            self._thread.start()
+
+    # --- counters ---------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet delivered."""
+        return len(self._queue)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Payload bytes received and not yet delivered."""
+        return self._bytes_in - self._bytes_out
+
+    @property
+    def delivered(self) -> int:
+        """Messages handed to the callback or returned by ``next_msg``."""
+        return self._delivered
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the pending limits were reached."""
+        return self._dropped
+
+    @property
+    def is_valid(self) -> bool:
+        """False once unsubscribed, drained, at its limit, failed or the bus closed."""
+        return not self._closed and self._error is None
+
+    # --- reader side (called on the socket reader thread only) ------------------------------
+
+    def _enqueue(self, msg: Message, size: int) -> bool:
+        """Queue a message; return True when the consumer may need waking."""
+        self._received += 1
+        q = self._queue
+        if len(q) >= self.pending_msgs_limit or (
+            self._bytes_in - self._bytes_out + size > self.pending_bytes_limit
+        ):
+            self._dropped += 1
+            if not self._slow:
+                self._slow = True
+                self._bus._report_error(SlowConsumerError(self.subject, self.sid, self._dropped))
+            return False
+        self._slow = False
+        self._bytes_in += size
+        q.append(msg)
+        if self._max is not None and self._received >= self._max:
+            self._bus._remove_sub(self.sid)
+            self._closed = True
+        return True
+
+    def _wake(self) -> None:
+        """Called once per read batch; wakes a consumer blocked in wait()."""
+        self._touched = False
+        if self._waiting or self._closed:
+            with self._cond:
+                self._cond.notify_all()
+
+    # --- consumer side -----------------------------------------------------------------------
+
+    def _pop(self, timeout: Optional[float]) -> Optional[Message]:
+        """The next message, None when closed and empty; raise TimeoutError on timeout."""
+        q = self._queue
+        try:
+            return q.popleft()
+        except IndexError:
+            pass
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._waiting = True
+                try:
+                    if q:
+                        return q.popleft()
+                    if self._closed or self._error is not None:
+                        return None
+                    if deadline is None:
+                        self._cond.wait()
+                    else:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise TimeoutError(
+                                f"no message on {self.subject!r} within {timeout} s"
+                            )
+                        self._cond.wait(left)
+                finally:
+                    self._waiting = False
+
+    def _take(self, msg: Message) -> bool:
+        """Account for a popped message; decode it first when that can fail."""
+        self._delivered += 1
+        self._bytes_out += len(msg.payload)
+        if self._eager or (msg._headers is not None and _codecs.may_fail(self.codec, msg._headers)):
+            try:
+                msg.data
+            except DecodeError as exc:
+                handler = self.on_decode_error
+                if handler is not None:
+                    handler(msg, exc)
+                self._bus._report_error(exc)
+                return False
+        return True
+
+    def next_msg(self, timeout: Optional[float] = 1.0) -> Message:
+        """The next message, waiting up to ``timeout`` seconds (None: forever).
+
+        Raises :class:`~telestion_sync.TimeoutError` when nothing arrived in time, and
+        ``SubscriptionClosedError`` once the subscription ended and its queue is empty. A message
+        whose payload does not decode is reported to the error handler and skipped.
+        """
+        if self._callback is not None:
+            raise TypeError("next_msg() is for subscriptions without a callback")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            msg = self._pop(left)
+            if msg is None:
+                self._idle.set()
+                if self._error is not None:
+                    raise self._error
+                raise SubscriptionClosedError(f"subscription to {self.subject!r} is closed")
+            if self._take(msg):
+                return msg
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until the subscription ends (unsubscribe, drain, limit, close)."""
+        while True:
+            try:
+                yield self.next_msg(timeout=None)
+            except SubscriptionClosedError:
+                return
+
+    def _run(self) -> None:
+        callback = self._callback
+        assert callback is not None
+        bus = self._bus
+        while True:
+            msg = self._pop(None)
+            if msg is None:
+                break
+            if not self._take(msg):
+                continue
+            try:
+                callback(msg)
+            except Exception as exc:  # a failing callback must not end the subscription
+                log.debug("callback for %r raised", self.subject, exc_info=True)
+                err = Error(f"callback for subscription {self.subject!r} raised {exc!r}")
+                err.__cause__ = exc
+                bus._report_error(err)
+        self._idle.set()
+
+    # --- ending ------------------------------------------------------------------------------
+
+    def unsubscribe(self) -> None:
+        """Stop receiving now; messages still pending are discarded."""
+        if self._closed and not self._queue:
+            self._idle.set()
+            return
+        self._bus._unsubscribe(self)
+        self._queue.clear()
+        self._close()
+
+    def auto_unsubscribe(self, max_msgs: int) -> None:
+        """End the subscription after ``max_msgs`` messages in total (received so far count)."""
+        if max_msgs <= 0:
+            raise ValueError("max_msgs must be positive")
+        self._max = max_msgs
+        if self._received >= max_msgs:
+            self.unsubscribe()
+            return
+        self._bus._auto_unsubscribe(self, max_msgs)
+
+    def drain(self, timeout: Optional[float] = 10.0) -> None:
+        """Stop new messages, deliver the pending ones, then end the subscription.
+
+        Blocks until a callback subscription has processed everything pending (a pull
+        subscription keeps its queue for ``next_msg`` and returns at once).
+        """
+        if not self._closed:
+            self._draining = True
+            self._bus._drain_sub(self, timeout)
+            self._close()
+        if self._callback is not None and self._thread is not threading.current_thread():
+            if not self._idle.wait(timeout):
+                raise TimeoutError(f"draining {self.subject!r} did not finish within {timeout} s")
+
+    def _close(self, error: Optional[BaseException] = None) -> None:
+        """No more messages will arrive; wake the consumer so it finishes the queue."""
+        if error is not None and self._error is None:
+            self._error = error
+        self._closed = True
+        with self._cond:
+            self._cond.notify_all()
+        if self._callback is None and not self._queue:
+            self._idle.set()
+
+    def _join(self, timeout: float) -> None:
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+
+    def __repr__(self) -> str:
+        q = f" queue={self.queue!r}" if self.queue else ""
+        kind = "callback" if self._callback is not None else "pull"
+        state = "" if self.is_valid else " closed"
+        return (
+            f"<Subscription sid={self.sid} subject={self.subject!r}{q} {kind}{state} "
+            f"pending={self.pending} delivered={self.delivered} dropped={self.dropped}>"
+        )
+
+
+def wake_all(subs: List[Subscription]) -> None:
+    """Wake the consumers of the subscriptions a read batch touched."""
+    for sub in subs:
+        sub._wake()
+    subs.clear()

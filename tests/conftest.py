@@ -1,0 +1,65 @@
+"""Fixtures: real nats-server processes on ephemeral loopback ports (never a mocked server)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator, List
+
+import pytest
+
+import telestion_sync as ts
+from telestion_sync.server import NatsServer
+
+
+@pytest.fixture
+def server() -> Iterator[NatsServer]:
+    """A fresh nats-server for one test."""
+    with NatsServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def auth_server() -> Iterator[NatsServer]:
+    """A nats-server that requires user ``alice`` with password ``s3cret``."""
+    with NatsServer(user="alice", password="s3cret") as srv:
+        yield srv
+
+
+class ErrorLog:
+    """Collects what a bus reports to its error handler; wait() blocks until one matches."""
+
+    def __init__(self) -> None:
+        self.errors: List[BaseException] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, err: BaseException) -> None:
+        with self._cond:
+            self.errors.append(err)
+            self._cond.notify_all()
+
+    def wait(self, kind: type, timeout: float = 5.0) -> BaseException:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: any(isinstance(e, kind) for e in self.errors), timeout)
+            assert ok, f"no {kind.__name__} reported within {timeout} s; got {self.errors!r}"
+            return next(e for e in self.errors if isinstance(e, kind))
+
+
+@pytest.fixture
+def errors() -> ErrorLog:
+    return ErrorLog()
+
+
+@pytest.fixture
+def bus(server: NatsServer, errors: ErrorLog) -> Iterator[ts.MessageBus]:
+    """A connected bus whose reported errors land in the ``errors`` fixture."""
+    b = ts.connect(server.url, name="test", on_error=errors)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def other(server: NatsServer) -> Iterator[ts.MessageBus]:
+    """A second, independent connection to the same server."""
+    b = ts.connect(server.url, name="other")
+    yield b
+    b.close()
