@@ -79,7 +79,7 @@ class Stats:
     errors: int
 
 
-_live_buses: "weakref.WeakSet[MessageBus]" = weakref.WeakSet()
+_live_buses: weakref.WeakSet[MessageBus] = weakref.WeakSet()
 
 
 @atexit.register
@@ -164,7 +164,7 @@ class MessageBus(Handler):
         self._reconnects = 0
         self._closed = False
         self._close_lock = threading.Lock()
-        self._status_q: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
+        self._status_q: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
         self._status_thread: Optional[threading.Thread] = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -299,7 +299,7 @@ class MessageBus(Handler):
         else:
             payload, ctype = self._encode(data, codec)
             if ctype is not None and not (headers and _codecs.CONTENT_TYPE in headers):
-                headers = {**headers, _codecs.CONTENT_TYPE: ctype} if headers else {_codecs.CONTENT_TYPE: ctype}
+                headers = {**(headers or {}), _codecs.CONTENT_TYPE: ctype}
         n = len(payload)
         if headers:
             hb = encode_headers(headers)
@@ -446,7 +446,7 @@ class MessageBus(Handler):
         token = b"%d" % next(self._req_ids)
         lock = threading.Lock()
         lock.acquire()
-        slot = [lock, None]
+        slot: List[Any] = [lock, None]
         self._resp_map[token] = slot
         try:
             self._publish(subject, data, self._resp_prefix + token, headers, codec, True)

@@ -226,9 +226,7 @@ class Connection:
                 parser.max_payload = max_payload
             use_tls = addr.scheme == "tls" or self._tls is not None
             if info.get("tls_required") and not use_tls:
-                raise Error(
-                    f"server {addr.url} requires TLS; use a tls:// URL or pass tls=ssl.SSLContext"
-                )
+                raise Error(f"server {addr.url} requires TLS; use a tls:// URL or pass tls=ssl.SSLContext")
             if use_tls:
                 ctx = self._tls or ssl.create_default_context()
                 sock.settimeout(max(0.001, deadline - time.monotonic()))

@@ -75,9 +75,7 @@ class MaxPayloadError(Error, ValueError):
     def __init__(self, size: int, max_payload: int) -> None:
         self.size = size
         self.max_payload = max_payload
-        super().__init__(
-            f"message of {size} bytes exceeds the server's max_payload of {max_payload} bytes"
-        )
+        super().__init__(f"message of {size} bytes exceeds the server's max_payload of {max_payload} bytes")
 
 
 class SlowConsumerError(Error):

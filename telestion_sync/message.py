@@ -99,9 +99,7 @@ class Message:
             try:
                 value = schema(value)
             except Exception as exc:
-                raise DecodeError(
-                    f"message on {self.subject!r} fails its schema: {exc}", self
-                ) from exc
+                raise DecodeError(f"message on {self.subject!r} fails its schema: {exc}", self) from exc
         return value
 
     def json(self) -> Any:

@@ -94,9 +94,7 @@ class Parser:
             end = find(b"\r\n", pos)
             if end < 0:
                 if n - pos > self.max_control_line:
-                    raise ProtocolError(
-                        f"control line from server exceeds {self.max_control_line} bytes"
-                    )
+                    raise ProtocolError(f"control line from server exceeds {self.max_control_line} bytes")
                 break
             if end - pos > self.max_control_line:
                 raise ProtocolError(f"control line from server exceeds {self.max_control_line} bytes")
@@ -152,9 +150,7 @@ class Parser:
                     sid = int(args[1])
                 except ValueError:
                     raise _bad_line(data[pos:end]) from None
-                append(
-                    (HMSG, args[0], sid, reply, data[start + hsize : stop], data[start : start + hsize])
-                )
+                append((HMSG, args[0], sid, reply, data[start + hsize : stop], data[start : start + hsize]))
                 pos = stop + 2
                 continue
             line = data[pos:end]
@@ -266,9 +262,7 @@ def encode_pub(subject: bytes, payload: bytes, reply: Optional[bytes] = None) ->
     return b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(payload), payload)
 
 
-def encode_hpub(
-    subject: bytes, header_block: bytes, payload: bytes, reply: Optional[bytes] = None
-) -> bytes:
+def encode_hpub(subject: bytes, header_block: bytes, payload: bytes, reply: Optional[bytes] = None) -> bytes:
     """An HPUB frame: ``header_block`` from :func:`encode_headers`, then ``payload``."""
     hlen = len(header_block)
     total = hlen + len(payload)

@@ -89,10 +89,8 @@ class NatsServer:
         if self.name:
             conf.append(f'server_name: "{self.name}"')
         if self.user is not None:
-            conf.append(
-                "authorization { user: %s, password: %s }"
-                % (_quote(self.user), _quote(self.password or ""))
-            )
+            user, password = _quote(self.user), _quote(self.password or "")
+            conf.append(f"authorization {{ user: {user}, password: {password} }}")
         if self.jetstream:
             conf.append(f'jetstream {{ store_dir: "{self._dir}/js" }}')
         if self.config:
@@ -107,7 +105,10 @@ class NatsServer:
         if self.proc is not None and self.proc.poll() is None:
             return self
         self.proc = subprocess.Popen(
-            self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self._command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout
         while True:

@@ -169,9 +169,7 @@ class Subscription:
                     else:
                         left = deadline - time.monotonic()
                         if left <= 0:
-                            raise TimeoutError(
-                                f"no message on {self.subject!r} within {timeout} s"
-                            )
+                            raise TimeoutError(f"no message on {self.subject!r} within {timeout} s")
                         self._cond.wait(left)
                 finally:
                     self._waiting = False
@@ -182,7 +180,7 @@ class Subscription:
         self._bytes_out += len(msg.payload)
         if self._eager or (msg._headers is not None and _codecs.may_fail(self.codec, msg._headers)):
             try:
-                msg.data
+                msg.data  # noqa: B018 - decode now, so a bad payload is caught here
             except DecodeError as exc:
                 handler = self.on_decode_error
                 if handler is not None:
