@@ -25,6 +25,7 @@ from .connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_OUTSTANDING_PINGS,
     DEFAULT_PING_INTERVAL,
+    WRITE_HIGH_WATER,
     Connection,
     Handler,
     parse_servers,
@@ -38,7 +39,13 @@ from .errors import (
     ServiceError,
     TimeoutError,
 )
-from .message import SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER, Message
+from .message import (
+    SERVICE_ERROR_CODE_HEADER,
+    SERVICE_ERROR_HEADER,
+    Message,
+    MessageContext,
+    make_message,
+)
 from .protocol import (
     Event,
     encode_headers,
@@ -156,11 +163,9 @@ class MessageBus(Handler):
         self._resp_prefix = b""
         self._resp_prefix_len = 0
         self._resp_map: Dict[bytes, List[Any]] = {}
+        self._reply_ctx = MessageContext(self)
         self._req_ids = itertools.count(1)
-        # Counters (the reader writes in_*, _report_error writes errors).
-        self._in_msgs = 0
-        self._in_bytes = 0
-        self._errors = 0
+        self._errors = 0  # written by _report_error
         self._reconnects = 0
         self._closed = False
         self._close_lock = threading.Lock()
@@ -214,7 +219,7 @@ class MessageBus(Handler):
         """Message and byte counters in both directions, reconnects and reported errors."""
         conn = self._conn
         return Stats(
-            self._in_msgs, self._in_bytes, conn.out_msgs, conn.out_bytes, self._reconnects, self._errors
+            conn.in_msgs, conn.in_bytes, conn.out_msgs, conn.out_bytes, self._reconnects, self._errors
         )
 
     def close(self) -> None:
@@ -277,6 +282,27 @@ class MessageBus(Handler):
         :class:`BadSubjectError`, :class:`MaxPayloadError`, or ``TypeError``/``ValueError`` from
         the codec, before anything is sent.
         """
+        if reply is None and headers is None and codec is None and type(data) is bytes:
+            # The hot path: a cached subject and raw bytes, written straight into the buffer.
+            sb = self._pub_subjects.get(subject)
+            conn = self._conn
+            n = len(data)
+            if sb is not None and n <= conn.max_payload:
+                frame = b"PUB %s %d\r\n%s\r\n" % (sb, n, data)
+                with conn._wlock:
+                    if not conn.connected:
+                        conn._not_writable()
+                    buf = conn._wbuf
+                    buf += frame
+                    conn.out_msgs += 1
+                    conn.out_bytes += n
+                    if conn._writer_waiting:
+                        conn._writer_waiting = False
+                        conn._wcond.notify()
+                    if len(buf) <= WRITE_HIGH_WATER:
+                        return
+                conn.send_now()
+                return
         rb = None if reply is None else validate_subject(reply, wildcards=False)
         self._publish(subject, data, rb, headers, codec, False)
 
@@ -463,9 +489,12 @@ class MessageBus(Handler):
         slot = self._resp_map.pop(subject[self._resp_prefix_len :], None)
         if slot is None:
             return  # a late or duplicate reply; its request already returned
-        msg = self._make_msg(subject, None, payload, hdr, self._resp_sid, _codecs.AUTO, None)
-        if msg is None:
-            return
+        if hdr is None:
+            msg: Optional[Message] = Message(subject.decode(), payload, None, None, self._reply_ctx)
+        else:
+            msg = self._make_msg(subject, None, payload, hdr, self._reply_ctx)
+            if msg is None:
+                return
         slot[1] = msg
         slot[0].release()
 
@@ -542,7 +571,7 @@ class MessageBus(Handler):
             except Exception as exc:
                 self._respond_error(msg, str(exc) or type(exc).__name__, 500)
                 raise
-            if msg.reply and not msg._responded:
+            if msg.reply and not msg.responded:
                 self._respond_value(msg, result, c)
 
         sub = self.subscribe(subject, serve, queue=queue, codec=c, schema=schema, **subscribe_options)
@@ -563,7 +592,7 @@ class MessageBus(Handler):
             raise
 
     def _respond_error(self, msg: Message, description: str, code: int) -> None:
-        if not msg.reply or msg._responded:
+        if not msg.reply or msg.responded:
             return
         text = description.replace("\r", " ").replace("\n", " ")
         msg.respond(b"", headers={SERVICE_ERROR_HEADER: text, SERVICE_ERROR_CODE_HEADER: str(code)})
@@ -575,37 +604,26 @@ class MessageBus(Handler):
         subject: bytes,
         reply: Optional[bytes],
         payload: bytes,
-        hdr: Optional[bytes],
-        sid: int,
-        codec: _codecs.Codec,
-        schema: Optional[Callable[[Any], Any]],
+        hdr: bytes,
+        ctx: MessageContext,
     ) -> Optional[Message]:
-        status = None
-        description = ""
-        headers = None
-        if hdr is not None:
-            try:
-                status, description, headers = parse_headers(hdr)
-            except ProtocolError as exc:
-                self._report_error(exc)
-                return None
-        return Message(
+        try:
+            status, description, headers = parse_headers(hdr)
+        except ProtocolError as exc:
+            self._report_error(exc)
+            return None
+        return make_message(
             subject.decode(),
             payload,
             reply.decode() if reply is not None else None,
             headers,
+            ctx,
             status,
             description,
-            sid,
-            self,
-            codec,
-            schema,
         )
 
     def _on_msg(self, event: Event) -> None:
         _, subject, sid, reply, payload, hdr = event
-        self._in_msgs += 1
-        self._in_bytes += len(payload)
         if sid == self._resp_sid:
             self._on_response(subject, payload, hdr)
             return
@@ -613,20 +631,9 @@ class MessageBus(Handler):
         if sub is None:
             return  # arrived after unsubscribe
         if hdr is None:
-            msg = Message(
-                subject.decode(),
-                payload,
-                reply.decode() if reply is not None else None,
-                None,
-                None,
-                "",
-                sid,
-                self,
-                sub.codec,
-                sub.schema,
-            )
+            msg = Message(subject.decode(), payload, reply.decode() if reply else None, None, sub)
         else:
-            made = self._make_msg(subject, reply, payload, hdr, sid, sub.codec, sub.schema)
+            made = self._make_msg(subject, reply, payload, hdr, sub)
             if made is None:
                 return
             msg = made

@@ -185,6 +185,8 @@ class Connection:
         self.connected = False
         self.out_msgs = 0  # under _wlock
         self.out_bytes = 0  # under _wlock
+        self.in_msgs = 0  # reader thread only
+        self.in_bytes = 0  # reader thread only
         self._last_error: Optional[Error] = None  # the server's last -ERR, the likely cause
         self._reader: Optional[threading.Thread] = None
         self._writer: Optional[threading.Thread] = None
@@ -426,9 +428,12 @@ class Connection:
         events = early
         try:
             while True:
+                nmsgs = nbytes = 0
                 for ev in events:
                     kind = ev[0]
                     if kind <= 2:  # MSG, HMSG
+                        nmsgs += 1
+                        nbytes += len(ev[4])
                         on_msg(ev)
                     elif kind == PING:
                         with self._wlock:
@@ -440,6 +445,8 @@ class Connection:
                         self._on_err(ev[1])
                     elif kind == INFO:
                         self.info.update(ev[1])
+                self.in_msgs += nmsgs
+                self.in_bytes += nbytes
                 on_batch_end()
                 need = parser.bytes_needed
                 data = recv(min(need, _MAX_READ_SIZE) if need > _READ_SIZE else _READ_SIZE)

@@ -12,11 +12,33 @@ if TYPE_CHECKING:  # pragma: no cover
     from .client import MessageBus
 
 _UNSET: Any = object()
-_EMPTY_HEADERS: Dict[str, str] = {}
 
 #: Headers of NATS micro error replies (nats.go's micro package uses the same).
 SERVICE_ERROR_HEADER = "Nats-Service-Error"
 SERVICE_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+
+class MessageContext:
+    """What a message needs from where it arrived: the bus (to respond), codec and schema.
+
+    A :class:`~telestion_sync.Subscription` is one; the bus has one for request replies.
+    Sharing it keeps the per-message object small on the receive hot path.
+    """
+
+    __slots__ = ("_bus", "codec", "schema")
+
+    def __init__(
+        self,
+        bus: Optional[MessageBus],
+        codec: _codecs.Codec = _codecs.AUTO,
+        schema: Optional[Callable[[Any], Any]] = None,
+    ) -> None:
+        self._bus = bus
+        self.codec = codec
+        self.schema = schema
+
+
+_DETACHED = MessageContext(None)
 
 
 class Message:
@@ -25,23 +47,15 @@ class Message:
     ``payload`` is always the raw bytes. ``data`` is the payload decoded by the subscription's
     codec (by default ``"auto"``: the ``Content-Type`` header decides, otherwise JSON if it parses,
     otherwise the bytes), decoded once on first access; a payload that does not decode raises
-    :class:`~telestion_sync.DecodeError`. ``respond()`` answers a request.
+    :class:`~telestion_sync.DecodeError`. ``respond()`` answers a request. ``status`` is the
+    NATS status code of a status message (503 for no responders), else None.
     """
 
-    __slots__ = (
-        "subject",
-        "reply",
-        "payload",
-        "_headers",
-        "status",
-        "description",
-        "sid",
-        "_bus",
-        "_codec",
-        "_schema",
-        "_data",
-        "_responded",
-    )
+    __slots__ = ("subject", "reply", "payload", "_headers", "_ctx", "_data", "_responded")
+
+    #: Status code and text; only status messages (see ``_StatusMessage``) carry their own.
+    status: Optional[int] = None
+    description: str = ""
 
     def __init__(
         self,
@@ -49,25 +63,14 @@ class Message:
         payload: bytes = b"",
         reply: Optional[str] = None,
         headers: Optional[Dict[str, str]] = None,
-        status: Optional[int] = None,
-        description: str = "",
-        sid: int = 0,
-        bus: Optional[MessageBus] = None,
-        codec: _codecs.Codec = _codecs.AUTO,
-        schema: Optional[Callable[[Any], Any]] = None,
+        ctx: MessageContext = _DETACHED,
     ) -> None:
         self.subject = subject
         self.reply = reply
         self.payload = payload
         self._headers = headers
-        self.status = status
-        self.description = description
-        self.sid = sid
-        self._bus = bus
-        self._codec = codec
-        self._schema = schema
+        self._ctx = ctx
         self._data = _UNSET
-        self._responded = False
 
     @property
     def headers(self) -> Dict[str, str]:
@@ -84,7 +87,7 @@ class Message:
         return d
 
     def _decode(self) -> Any:
-        codec = self._codec
+        codec = self._ctx.codec
         try:
             if codec is _codecs.AUTO:
                 value = _codecs.decode_auto(self.payload, self._headers)
@@ -94,7 +97,7 @@ class Message:
             raise DecodeError(
                 f"message on {self.subject!r} does not decode as {codec.name}: {exc}", self
             ) from exc
-        schema = self._schema
+        schema = self._ctx.schema
         if schema is not None:
             try:
                 value = schema(value)
@@ -126,9 +129,10 @@ class Message:
         """Publish ``data`` to this message's reply subject (answer a request)."""
         if not self.reply:
             raise ValueError(f"message on {self.subject!r} has no reply subject to respond to")
-        if self._bus is None:
+        bus = self._ctx._bus
+        if bus is None:
             raise ValueError("message is not bound to a bus; use bus.publish(msg.reply, ...)")
-        self._bus._publish(self.reply, data, None, headers, codec, True)
+        bus._publish(self.reply, data, None, headers, codec, True)
         self._responded = True
 
     @property
@@ -151,3 +155,32 @@ class Message:
         import html
 
         return "<code>" + html.escape(repr(self)) + "</code>"
+
+    @property
+    def responded(self) -> bool:
+        """True once ``respond()`` answered this message."""
+        return getattr(self, "_responded", False)
+
+
+class _StatusMessage(Message):
+    """A message whose header line carried a status (e.g. ``NATS/1.0 503``)."""
+
+    __slots__ = ("status", "description")
+
+
+def make_message(
+    subject: str,
+    payload: bytes,
+    reply: Optional[str],
+    headers: Optional[Dict[str, str]],
+    ctx: MessageContext,
+    status: Optional[int],
+    description: str,
+) -> Message:
+    """A Message, or a status message when the header line carried a status code."""
+    if status is None:
+        return Message(subject, payload, reply, headers, ctx)
+    msg = _StatusMessage(subject, payload, reply, headers, ctx)
+    msg.status = status
+    msg.description = description
+    return msg

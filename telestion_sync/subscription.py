@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Iterator, List, Optional
 
 from . import codecs as _codecs
 from .errors import ConnectionClosedError, DecodeError, Error, SlowConsumerError, TimeoutError
-from .message import Message
+from .message import Message, MessageContext
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import MessageBus
@@ -34,13 +34,15 @@ class SubscriptionClosedError(ConnectionClosedError):
     """The subscription was unsubscribed, drained, or reached its auto-unsubscribe limit."""
 
 
-class Subscription:
+class Subscription(MessageContext):
     """Interest in a subject (with wildcards and an optional queue group).
 
     ``pending`` counts messages waiting to be delivered, ``delivered`` those handed to the user,
     ``dropped`` those lost because the pending limits were reached (each drop is also reported
     to the bus's error handler as :class:`~telestion_sync.SlowConsumerError`).
     """
+
+    _bus: MessageBus  # never None here, unlike a detached MessageContext
 
     def __init__(
         self,
