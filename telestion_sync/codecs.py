@@ -8,14 +8,50 @@ and a ``content_type`` (None for no header); the built-ins are looked up by name
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import cbor2
 
 CONTENT_TYPE = "Content-Type"
 CBOR_CONTENT_TYPE = "application/cbor"
 JSON_CONTENT_TYPE = "application/json"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_loads(payload: bytes) -> Any:
+    """Strict JSON from UTF-8 bytes: no NaN/Infinity, no UTF-16/32 guessing, bounded depth."""
+    try:
+        return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def cbor_loads(payload: bytes) -> Any:
+    """One CBOR item that must use the whole payload (cbor2 alone ignores trailing bytes)."""
+    fp = io.BytesIO(payload)
+    try:
+        value = cbor2.CBORDecoder(fp).decode()
+    except (cbor2.CBORDecodeError, RecursionError) as exc:
+        raise ValueError(f"invalid CBOR: {exc}") from None
+    if fp.tell() != len(payload):
+        raise ValueError(f"invalid CBOR: {len(payload) - fp.tell()} trailing bytes after the item")
+    return value
+
+
+def apply_schema(schema: Callable[[Any], Any], value: Any) -> Any:
+    """Validate/convert ``value`` with ``schema``: a pydantic model, a dataclass, or a callable."""
+    validate = getattr(schema, "model_validate", None)
+    if validate is not None:
+        return validate(value)
+    if isinstance(schema, type) and dataclasses.is_dataclass(schema) and isinstance(value, dict):
+        return schema(**value)
+    return schema(value)
 
 
 class Codec:
@@ -58,7 +94,7 @@ class JSONCodec(Codec):
             raise ValueError(f"cannot encode as JSON: {exc}") from None
 
     def decode(self, payload: bytes) -> Any:
-        return json.loads(payload)
+        return json_loads(payload)
 
 
 class CBORCodec(Codec):
@@ -74,10 +110,7 @@ class CBORCodec(Codec):
             raise TypeError(f"cannot encode {type(obj).__name__} as CBOR: {exc}") from None
 
     def decode(self, payload: bytes) -> Any:
-        try:
-            return cbor2.loads(payload)
-        except cbor2.CBORDecodeError as exc:
-            raise ValueError(f"invalid CBOR: {exc}") from None
+        return cbor_loads(payload)
 
 
 class RawCodec(Codec):
@@ -155,11 +188,11 @@ def decode_auto(payload: bytes, headers: Optional[Mapping[str, str]]) -> Any:
             if ctype == CBOR_CONTENT_TYPE:
                 return CBOR.decode(payload)
             if ctype == JSON_CONTENT_TYPE:
-                return json.loads(payload)
+                return json_loads(payload)
             return payload
     if payload and payload[0] in _JSON_START:
         try:
-            return json.loads(payload)
+            return json_loads(payload)
         except ValueError:
             pass
     return payload

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 from . import codecs as _codecs
@@ -100,7 +99,7 @@ class Message:
         schema = self._ctx.schema
         if schema is not None:
             try:
-                value = schema(value)
+                value = _codecs.apply_schema(schema, value)
             except Exception as exc:
                 raise DecodeError(f"message on {self.subject!r} fails its schema: {exc}", self) from exc
         return value
@@ -108,7 +107,7 @@ class Message:
     def json(self) -> Any:
         """The payload parsed as JSON, whatever the subscription's codec."""
         try:
-            return json.loads(self.payload)
+            return _codecs.json_loads(self.payload)
         except ValueError as exc:
             raise DecodeError(f"message on {self.subject!r} is not JSON: {exc}", self) from exc
 

@@ -93,68 +93,73 @@ class Parser:
         while pos < n:
             end = find(b"\r\n", pos)
             if end < 0:
-                if n - pos > self.max_control_line:
+                # +1: a trailing CR may be the first half of the line's CRLF.
+                if n - pos > self.max_control_line + 1:
                     raise ProtocolError(f"control line from server exceeds {self.max_control_line} bytes")
                 break
             if end - pos > self.max_control_line:
                 raise ProtocolError(f"control line from server exceeds {self.max_control_line} bytes")
-            if data.startswith(b"MSG ", pos):
-                args = data[pos + 4 : end].split()
+            c = data[pos]
+            if c == 77 or c == 72:  # 'M' or 'H': the hot path, MSG and HMSG
+                args = data[pos:end].split()
+                op = args[0]
                 nargs = len(args)
-                if nargs == 3:
-                    reply = None
-                    size_b = args[2]
-                elif nargs == 4:
-                    reply = args[2]
-                    size_b = args[3]
-                else:
-                    raise _bad_line(data[pos:end])
-                size = self._size(size_b, data, pos, end)
-                start = end + 2
-                stop = start + size
-                if stop + 2 > n:
-                    self._need = stop + 2 - pos
-                    break
-                if data[stop : stop + 2] != b"\r\n":
-                    raise ProtocolError("message payload not followed by CRLF (size mismatch)")
-                try:
-                    sid = int(args[1])
-                except ValueError:
-                    raise _bad_line(data[pos:end]) from None
-                append((MSG, args[0], sid, reply, data[start:stop], None))
-                pos = stop + 2
-                continue
-            if data.startswith(b"HMSG ", pos):
-                args = data[pos + 5 : end].split()
-                nargs = len(args)
-                if nargs == 4:
-                    reply = None
-                    hsize_b, size_b = args[2], args[3]
-                elif nargs == 5:
-                    reply = args[2]
-                    hsize_b, size_b = args[3], args[4]
-                else:
-                    raise _bad_line(data[pos:end])
-                size = self._size(size_b, data, pos, end)
-                hsize = self._size(hsize_b, data, pos, end)
-                if hsize > size:
-                    raise _bad_line(data[pos:end])
-                start = end + 2
-                stop = start + size
-                if stop + 2 > n:
-                    self._need = stop + 2 - pos
-                    break
-                if data[stop : stop + 2] != b"\r\n":
-                    raise ProtocolError("message payload not followed by CRLF (size mismatch)")
-                try:
-                    sid = int(args[1])
-                except ValueError:
-                    raise _bad_line(data[pos:end]) from None
-                append((HMSG, args[0], sid, reply, data[start + hsize : stop], data[start : start + hsize]))
-                pos = stop + 2
-                continue
+                if op == b"MSG":
+                    if nargs == 4:
+                        reply = None
+                        size_b = args[3]
+                    elif nargs == 5:
+                        reply = args[3]
+                        size_b = args[4]
+                    else:
+                        raise _bad_line(data[pos:end])
+                    size = self._size(size_b, data, pos, end)
+                    start = end + 2
+                    stop = start + size
+                    if stop + 2 > n:
+                        self._need = stop + 2 - pos
+                        break
+                    if data[stop : stop + 2] != b"\r\n":
+                        raise ProtocolError("message payload not followed by CRLF (size mismatch)")
+                    try:
+                        sid = int(args[2])
+                    except ValueError:
+                        raise _bad_line(data[pos:end]) from None
+                    append((MSG, args[1], sid, reply, data[start:stop], None))
+                    pos = stop + 2
+                    continue
+                if op == b"HMSG":
+                    if nargs == 5:
+                        reply = None
+                        hsize_b, size_b = args[3], args[4]
+                    elif nargs == 6:
+                        reply = args[3]
+                        hsize_b, size_b = args[4], args[5]
+                    else:
+                        raise _bad_line(data[pos:end])
+                    size = self._size(size_b, data, pos, end)
+                    hsize = self._size(hsize_b, data, pos, end)
+                    if hsize > size:
+                        raise _bad_line(data[pos:end])
+                    start = end + 2
+                    stop = start + size
+                    if stop + 2 > n:
+                        self._need = stop + 2 - pos
+                        break
+                    if data[stop : stop + 2] != b"\r\n":
+                        raise ProtocolError("message payload not followed by CRLF (size mismatch)")
+                    try:
+                        sid = int(args[2])
+                    except ValueError:
+                        raise _bad_line(data[pos:end]) from None
+                    append(
+                        (HMSG, args[1], sid, reply, data[start + hsize : stop], data[start : start + hsize])
+                    )
+                    pos = stop + 2
+                    continue
             line = data[pos:end]
-            op = line.split(None, 1)[0].upper() if line.strip() else b""
+            args = line.split()
+            op = args[0].upper() if args else b""
             if op == b"PING":
                 append(_PING_EVENT)
             elif op == b"PONG":
@@ -162,22 +167,22 @@ class Parser:
             elif op == b"+OK":
                 append(_OK_EVENT)
             elif op == b"-ERR":
-                text = line[4:].strip().decode("utf-8", "replace")
+                text = line.strip()[4:].strip().decode("utf-8", "replace")
                 if len(text) >= 2 and text[0] == text[-1] == "'":
                     text = text[1:-1]
                 append((ERR, text))
             elif op == b"INFO":
                 try:
-                    info = json.loads(line[4:])
-                except ValueError:
+                    info = json.loads(line.strip()[4:])
+                except (ValueError, RecursionError):
                     raise _bad_line(line) from None
                 if not isinstance(info, dict):
                     raise _bad_line(line)
                 append((INFO, info))
-            elif op in (b"MSG", b"HMSG"):
-                # A lower-case op name or a tab after it (rare, but legal): continue on a copy
-                # of the rest that spells the op canonically.
-                data = op + b" " + data[pos + len(op) + 1 :]
+            elif op in (b"MSG", b"HMSG") and args[0] != op or line[:1].isspace():
+                # Lower-case op or leading white space (legal but rare): go on with the line
+                # spelled canonically, which the hot path above then parses (or rejects).
+                data = b" ".join([op, *args[1:]]) + data[end:]
                 n = len(data)
                 pos = 0
                 find = data.find
@@ -298,7 +303,14 @@ def encode_headers(headers: Mapping[str, HeaderValue]) -> bytes:
     for key, value in headers.items():
         if not isinstance(key, str) or not key or any(c in key for c in ": \t\r\n"):
             raise ValueError(f"invalid header name {key!r}")
-        values = (value,) if isinstance(value, str) else value
+        if isinstance(value, str):
+            values: Sequence[Any] = (value,)
+        elif isinstance(value, (list, tuple)):
+            values = value
+            if not values:
+                raise ValueError(f"header {key!r} has an empty list of values")
+        else:
+            raise TypeError(f"header {key!r} value must be str or a list of str, not {type(value).__name__}")
         for v in values:
             if not isinstance(v, str):
                 raise TypeError(f"header {key!r} value must be str, not {type(v).__name__}")
