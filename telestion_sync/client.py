@@ -583,8 +583,8 @@ class MessageBus(Handler):
             if isinstance(result, (bytes, bytearray, memoryview)):
                 codec = _codecs.RAW
             else:
-                ctype = msg.headers.get(_codecs.CONTENT_TYPE, "")
-                codec = _codecs.CBOR if ctype == _codecs.CBOR_CONTENT_TYPE else self._default_codec
+                cbor = _codecs.content_type(msg._headers) == _codecs.CBOR_CONTENT_TYPE
+                codec = _codecs.CBOR if cbor else self._default_codec
         try:
             msg.respond(result, codec=codec)
         except (TypeError, ValueError) as exc:

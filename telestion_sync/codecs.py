@@ -179,12 +179,19 @@ def get_codec(spec: CodecSpec, default: Codec = AUTO) -> Codec:
     raise TypeError(f"codec must be a name or an object with encode/decode, not {spec!r}")
 
 
+def content_type(headers: Optional[Mapping[str, str]]) -> Optional[str]:
+    """The media type of a ``Content-Type`` header, lower-case and without parameters."""
+    if not headers:
+        return None
+    ctype = headers.get(CONTENT_TYPE)
+    return None if ctype is None else ctype.split(";", 1)[0].strip().lower()
+
+
 def decode_auto(payload: bytes, headers: Optional[Mapping[str, str]]) -> Any:
     """Decode as ``"auto"`` does: by Content-Type, else JSON if it parses, else raw bytes."""
     if headers:
-        ctype = headers.get(CONTENT_TYPE)
+        ctype = content_type(headers)
         if ctype is not None:
-            ctype = ctype.split(";", 1)[0].strip().lower()
             if ctype == CBOR_CONTENT_TYPE:
                 return CBOR.decode(payload)
             if ctype == JSON_CONTENT_TYPE:
