@@ -47,12 +47,16 @@ from .message import (
     make_message,
 )
 from .protocol import (
+    CRLF,
+    LARGE_PAYLOAD,
     Event,
     encode_headers,
-    encode_hpub,
+    encode_pub,
     encode_sub,
     encode_unsub,
+    hpub_head,
     parse_headers,
+    pub_head,
     validate_queue,
     validate_subject,
 )
@@ -260,7 +264,7 @@ class MessageBus(Handler):
                 sub._close()
             for sub in subs:
                 if sub._callback is not None and sub._thread is not threading.current_thread():
-                    sub._idle.wait(max(0.0, deadline - time.monotonic()))
+                    sub.wait_finished(max(0.0, deadline - time.monotonic()))
         finally:
             self.close()
 
@@ -287,7 +291,7 @@ class MessageBus(Handler):
             sb = self._pub_subjects.get(subject)
             conn = self._conn
             n = len(data)
-            if sb is not None and n <= conn.max_payload:
+            if sb is not None and n <= LARGE_PAYLOAD and n <= conn.max_payload:
                 frame = b"PUB %s %d\r\n%s\r\n" % (sb, n, data)
                 with conn._wlock:
                     if not conn.connected:
@@ -327,20 +331,21 @@ class MessageBus(Handler):
             if ctype is not None and not (headers and _codecs.CONTENT_TYPE in headers):
                 headers = {**(headers or {}), _codecs.CONTENT_TYPE: ctype}
         n = len(payload)
+        conn = self._conn
         if headers:
             hb = encode_headers(headers)
             size = n + len(hb)
-            frame = encode_hpub(sb, hb, payload, reply)
+            if size > conn.max_payload:
+                raise MaxPayloadError(size, conn.max_payload)
+            # Parts go into the write buffer one by one: no extra copy of a large payload.
+            conn.write(hpub_head(sb, len(hb), size, reply), 1, n, hb, payload, CRLF)
         else:
-            size = n
-            if reply is None:
-                frame = b"PUB %s %d\r\n%s\r\n" % (sb, n, payload)
+            if n > conn.max_payload:
+                raise MaxPayloadError(n, conn.max_payload)
+            if n > LARGE_PAYLOAD:
+                conn.write(pub_head(sb, n, reply), 1, n, payload, CRLF)
             else:
-                frame = b"PUB %s %s %d\r\n%s\r\n" % (sb, reply, n, payload)
-        conn = self._conn
-        if size > conn.max_payload:
-            raise MaxPayloadError(size, conn.max_payload)
-        conn.write(frame, 1, n)
+                conn.write(encode_pub(sb, payload, reply), 1, n)
         if now:
             conn.send_now()
 

@@ -326,13 +326,15 @@ class Connection:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def write(self, frame: bytes, nmsgs: int = 0, nbytes: int = 0) -> None:
-        """Queue ``frame`` for the writer thread (the publish hot path)."""
+    def write(self, frame: bytes, nmsgs: int = 0, nbytes: int = 0, *more: bytes) -> None:
+        """Queue ``frame`` (and the parts in ``more``) for the writer thread."""
         with self._wlock:
             if not self.connected:
                 self._not_writable()
             buf = self._wbuf
             buf += frame
+            for part in more:
+                buf += part
             self.out_msgs += nmsgs
             self.out_bytes += nbytes
             if self._writer_waiting:

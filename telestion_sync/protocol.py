@@ -54,36 +54,42 @@ class Parser:
     hostile peer cannot make the client buffer without bound.
     """
 
-    __slots__ = ("_pending", "_need", "max_control_line", "max_payload")
+    __slots__ = ("_chunks", "_have", "_need", "max_control_line", "max_payload")
 
     def __init__(
         self,
         max_control_line: int = DEFAULT_MAX_CONTROL_LINE,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
-        self._pending = bytearray()
-        self._need = 0  # bytes `_pending` must hold before parsing can progress
+        # A partial frame waits as a list of chunks, joined once when complete: one copy of a
+        # large payload instead of one per received chunk.
+        self._chunks: List[bytes] = []
+        self._have = 0  # bytes in _chunks
+        self._need = 0  # bytes _chunks must hold before parsing can progress
         self.max_control_line = max_control_line
         self.max_payload = max_payload
 
     @property
     def bytes_needed(self) -> int:
         """How many more bytes the current partial frame needs (0 when unknown)."""
-        return max(0, self._need - len(self._pending))
+        return max(0, self._need - self._have)
 
     def reset(self) -> None:
         """Forget any partial frame (after the connection was replaced)."""
-        self._pending = bytearray()
+        self._chunks = []
+        self._have = 0
         self._need = 0
 
     def feed(self, data: bytes) -> List[Event]:
         """Parse ``data`` and return the events it completes, in order."""
-        if self._pending:
-            self._pending += data
-            if len(self._pending) < self._need:
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
                 return []
-            data = bytes(self._pending)
-            self._pending = bytearray()
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._have = 0
             self._need = 0
         events: List[Event] = []
         append = events.append
@@ -191,7 +197,9 @@ class Parser:
                 raise _bad_line(line)
             pos = end + 2
         if pos < n:
-            self._pending = bytearray(data[pos:])
+            rest = data[pos:]
+            self._chunks = [rest]
+            self._have = len(rest)
         return events
 
     def _size(self, raw: bytes, data: bytes, pos: int, end: int) -> int:
@@ -260,20 +268,42 @@ def encode_connect(options: Mapping[str, Any]) -> bytes:
     return b"CONNECT " + json.dumps(dict(options), separators=(",", ":")).encode() + CRLF
 
 
+#: Above this payload size frames are joined rather than %-formatted: ``bytes % ...`` is
+#: faster for small payloads but copies large ones several times (0.9 ms for 1 MiB).
+LARGE_PAYLOAD = 4096
+
+
+def pub_head(subject: bytes, size: int, reply: Optional[bytes] = None) -> bytes:
+    """The control line of a PUB frame (the payload and CRLF follow)."""
+    if reply is None:
+        return b"PUB %s %d\r\n" % (subject, size)
+    return b"PUB %s %s %d\r\n" % (subject, reply, size)
+
+
+def hpub_head(subject: bytes, hlen: int, total: int, reply: Optional[bytes] = None) -> bytes:
+    """The control line of an HPUB frame (the header block, payload and CRLF follow)."""
+    if reply is None:
+        return b"HPUB %s %d %d\r\n" % (subject, hlen, total)
+    return b"HPUB %s %s %d %d\r\n" % (subject, reply, hlen, total)
+
+
 def encode_pub(subject: bytes, payload: bytes, reply: Optional[bytes] = None) -> bytes:
     """A PUB frame. ``subject``/``reply`` must already be validated and encoded."""
+    n = len(payload)
+    if n > LARGE_PAYLOAD:
+        return b"".join((pub_head(subject, n, reply), payload, CRLF))
     if reply is None:
-        return b"PUB %s %d\r\n%s\r\n" % (subject, len(payload), payload)
-    return b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(payload), payload)
+        return b"PUB %s %d\r\n%s\r\n" % (subject, n, payload)
+    return b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, n, payload)
 
 
-def encode_hpub(subject: bytes, header_block: bytes, payload: bytes, reply: Optional[bytes] = None) -> bytes:
+def encode_hpub(
+    subject: bytes, header_block: bytes, payload: bytes, reply: Optional[bytes] = None
+) -> bytes:
     """An HPUB frame: ``header_block`` from :func:`encode_headers`, then ``payload``."""
     hlen = len(header_block)
-    total = hlen + len(payload)
-    if reply is None:
-        return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, hlen, total, header_block, payload)
-    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subject, reply, hlen, total, header_block, payload)
+    head = hpub_head(subject, hlen, hlen + len(payload), reply)
+    return b"".join((head, header_block, payload, CRLF))
 
 
 def encode_sub(subject: bytes, sid: int, queue: Optional[bytes] = None) -> bytes:

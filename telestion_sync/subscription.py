@@ -81,7 +81,7 @@ class Subscription(MessageContext):
         self._draining = False
         self._error: Optional[BaseException] = None  # why it failed, raised by next_msg
         self._thread: Optional[threading.Thread] = None
-        self._idle = threading.Event()  # set when closed and everything pending is delivered
+        self._finished = False  # closed and everything pending delivered (under _cond)
         # Decoding happens before delivery when it can fail, so a bad payload never reaches a
         # callback; otherwise it is left to the first access of ``msg.data``.
         self._eager = schema is not None or codec is not _codecs.AUTO and codec is not _codecs.RAW
@@ -205,7 +205,7 @@ class Subscription(MessageContext):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             msg = self._pop(left)
             if msg is None:
-                self._idle.set()
+                self._finish()
                 if self._error is not None:
                     raise self._error
                 raise SubscriptionClosedError(f"subscription to {self.subject!r} is closed")
@@ -237,14 +237,14 @@ class Subscription(MessageContext):
                 err = Error(f"callback for subscription {self.subject!r} raised {exc!r}")
                 err.__cause__ = exc
                 bus._report_error(err)
-        self._idle.set()
+        self._finish()
 
     # --- ending ------------------------------------------------------------------------------
 
     def unsubscribe(self) -> None:
         """Stop receiving now; messages still pending are discarded."""
         if self._closed and not self._queue:
-            self._idle.set()
+            self._finish()
             return
         self._bus._unsubscribe(self)
         self._queue.clear()
@@ -271,7 +271,7 @@ class Subscription(MessageContext):
             self._bus._drain_sub(self, timeout)
             self._close()
         if self._callback is not None and self._thread is not threading.current_thread():
-            if not self._idle.wait(timeout):
+            if not self.wait_finished(timeout):
                 raise TimeoutError(f"draining {self.subject!r} did not finish within {timeout} s")
 
     def _close(self, error: Optional[BaseException] = None) -> None:
@@ -282,7 +282,17 @@ class Subscription(MessageContext):
         with self._cond:
             self._cond.notify_all()
         if self._callback is None and not self._queue:
-            self._idle.set()
+            self._finish()
+
+    def _finish(self) -> None:
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    def wait_finished(self, timeout: Optional[float]) -> bool:
+        """Block until the subscription ended and everything pending was delivered."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._finished, timeout)
 
     def _join(self, timeout: float) -> None:
         t = self._thread
