@@ -14,6 +14,7 @@ The connection runs on background threads; every method is blocking and thread-s
 from ._version import __version__
 from .client import MessageBus, Stats, connect
 from .codecs import CBORCodec, Codec, JSONCodec, RawCodec
+from .connection import State
 from .errors import (
     AuthenticationError,
     BadSubjectError,
@@ -39,6 +40,7 @@ __all__ = [
     "connect",
     "MessageBus",
     "Stats",
+    "State",
     "Message",
     "Subscription",
     "Codec",

@@ -24,10 +24,15 @@ from . import codecs as _codecs
 from .connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_OUTSTANDING_PINGS,
+    DEFAULT_MAX_RECONNECT_ATTEMPTS,
     DEFAULT_PING_INTERVAL,
+    DEFAULT_RECONNECT_BUF_SIZE,
+    DEFAULT_RECONNECT_JITTER,
+    DEFAULT_RECONNECT_TIME_WAIT,
     WRITE_HIGH_WATER,
     Connection,
     Handler,
+    State,
     parse_servers,
 )
 from .errors import (
@@ -132,6 +137,17 @@ class MessageBus(Handler):
         on_disconnect: Optional[Callable[[], Any]] = None,
         on_reconnect: Optional[Callable[[], Any]] = None,
         on_close: Optional[Callable[[], Any]] = None,
+        on_discovered_servers: Optional[Callable[[List[str]], Any]] = None,
+        on_lame_duck: Optional[Callable[[], Any]] = None,
+        allow_reconnect: bool = True,
+        max_reconnect_attempts: int = DEFAULT_MAX_RECONNECT_ATTEMPTS,
+        reconnect_time_wait: float = DEFAULT_RECONNECT_TIME_WAIT,
+        reconnect_jitter: float = DEFAULT_RECONNECT_JITTER,
+        reconnect_wait: Optional[Callable[[Any], float]] = None,
+        reconnect_buf_size: int = DEFAULT_RECONNECT_BUF_SIZE,
+        randomize: bool = True,
+        ignore_discovered_servers: bool = False,
+        retry_on_failed_connect: bool = False,
     ) -> None:
         self._servers = parse_servers(servers)
         validate_subject(inbox_prefix, wildcards=False)
@@ -142,6 +158,8 @@ class MessageBus(Handler):
         self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
         self._on_close = on_close
+        self._on_discovered = on_discovered_servers
+        self._on_lame_duck_cb = on_lame_duck
         self._inbox_prefix = inbox_prefix
         self._conn = Connection(
             self._servers,
@@ -155,6 +173,15 @@ class MessageBus(Handler):
             ping_interval=ping_interval,
             max_outstanding_pings=max_outstanding_pings,
             echo=echo,
+            allow_reconnect=allow_reconnect,
+            max_reconnect_attempts=max_reconnect_attempts,
+            reconnect_time_wait=reconnect_time_wait,
+            reconnect_jitter=reconnect_jitter,
+            reconnect_wait=reconnect_wait,
+            reconnect_buf_size=reconnect_buf_size,
+            randomize=randomize,
+            ignore_discovered_servers=ignore_discovered_servers,
+            retry_on_failed_connect=retry_on_failed_connect,
         )
         self.name = name
         self._subs: Dict[int, Subscription] = {}
@@ -170,8 +197,8 @@ class MessageBus(Handler):
         self._reply_ctx = MessageContext(self)
         self._req_ids = itertools.count(1)
         self._errors = 0  # written by _report_error
-        self._reconnects = 0
         self._closed = False
+        self._close_cause: Optional[BaseException] = None  # why the bus closed itself
         self._close_lock = threading.Lock()
         self._status_q: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
         self._status_thread: Optional[threading.Thread] = None
@@ -185,6 +212,25 @@ class MessageBus(Handler):
         )
         self._status_thread.start()
         _live_buses.add(self)
+
+    @property
+    def status(self) -> State:
+        """``State.CONNECTED``, ``RECONNECTING``, ``CONNECTING`` or ``CLOSED``."""
+        return self._conn.state
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Block until the bus is connected (True), or closed or ``timeout`` passed (False)."""
+        return self._conn.wait_connected(timeout)
+
+    @property
+    def servers(self) -> List[str]:
+        """The server pool's URLs (given and discovered), without credentials."""
+        return [a.url for a in self._conn.servers]
+
+    @property
+    def discovered_servers(self) -> List[str]:
+        """URLs of the servers the cluster announced."""
+        return [a.url for a in self._conn.discovered_servers]
 
     def __enter__(self) -> MessageBus:
         return self
@@ -223,7 +269,7 @@ class MessageBus(Handler):
         """Message and byte counters in both directions, reconnects and reported errors."""
         conn = self._conn
         return Stats(
-            conn.in_msgs, conn.in_bytes, conn.out_msgs, conn.out_bytes, self._reconnects, self._errors
+            conn.in_msgs, conn.in_bytes, conn.out_msgs, conn.out_bytes, conn.reconnects, self._errors
         )
 
     def close(self) -> None:
@@ -238,11 +284,14 @@ class MessageBus(Handler):
             self._closed = True
         _live_buses.discard(self)
         self._conn.close()
+        cause = self._close_cause
         self._fail_requests()
         subs = list(self._subs.values())
         self._subs.clear()
         for sub in subs:
-            sub._close(ConnectionClosedError("the bus is closed"))
+            err = ConnectionClosedError("the bus is closed" + (f": {cause}" if cause else ""))
+            err.__cause__ = cause
+            sub._close(err)
         for sub in subs:
             sub._join(2.0)
         self._status_q.put(None)
@@ -257,7 +306,7 @@ class MessageBus(Handler):
         try:
             for sub in subs:
                 sub._draining = True
-                self._conn.write(encode_unsub(sub.sid))
+                self._conn.write_control(encode_unsub(sub.sid))
             self.flush(timeout)
             for sub in subs:
                 self._subs.pop(sub.sid, None)
@@ -294,18 +343,21 @@ class MessageBus(Handler):
             if sb is not None and n <= LARGE_PAYLOAD and n <= conn.max_payload:
                 frame = b"PUB %s %d\r\n%s\r\n" % (sb, n, data)
                 with conn._wlock:
-                    if not conn.connected:
-                        conn._not_writable()
-                    buf = conn._wbuf
-                    buf += frame
-                    conn.out_msgs += 1
-                    conn.out_bytes += n
-                    if conn._writer_waiting:
-                        conn._writer_waiting = False
-                        conn._wcond.notify()
-                    if len(buf) <= WRITE_HIGH_WATER:
-                        return
-                conn.send_now()
+                    if conn.connected:
+                        buf = conn._wbuf
+                        buf += frame
+                        conn.out_msgs += 1
+                        conn.out_bytes += n
+                        if conn._writer_waiting:
+                            conn._writer_waiting = False
+                            conn._wcond.notify()
+                        if len(buf) <= WRITE_HIGH_WATER:
+                            return
+                        frame = b""
+                if frame:
+                    conn.write(frame, 1, n)  # disconnected: the reconnect buffer decides
+                else:
+                    conn.send_now()  # over the high-water mark: send it ourselves
                 return
         rb = None if reply is None else validate_subject(reply, wildcards=False)
         self._publish(subject, data, rb, headers, codec, False)
@@ -409,9 +461,10 @@ class MessageBus(Handler):
             pending_msgs_limit or self._pending_msgs_limit,
             pending_bytes_limit or self._pending_bytes_limit,
         )
+        sub._sub_frame = encode_sub(sb, sid, qb)
         self._subs[sid] = sub
         try:
-            self._conn.write(encode_sub(sb, sid, qb))
+            self._conn.write_control(sub._sub_frame)
         except BaseException:
             self._subs.pop(sid, None)
             sub._close()
@@ -423,15 +476,15 @@ class MessageBus(Handler):
     def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.pop(sub.sid, None) is not None and not self._closed:
             try:
-                self._conn.write(encode_unsub(sub.sid))
+                self._conn.write_control(encode_unsub(sub.sid))
             except ConnectionClosedError:
                 pass
 
     def _auto_unsubscribe(self, sub: Subscription, max_msgs: int) -> None:
-        self._conn.write(encode_unsub(sub.sid, max_msgs))
+        self._conn.write_control(encode_unsub(sub.sid, max_msgs))
 
     def _drain_sub(self, sub: Subscription, timeout: Optional[float]) -> None:
-        self._conn.write(encode_unsub(sub.sid))
+        self._conn.write_control(encode_unsub(sub.sid))
         self.flush(DEFAULT_TIMEOUT if timeout is None else timeout)
         self._subs.pop(sub.sid, None)
 
@@ -453,7 +506,7 @@ class MessageBus(Handler):
             sid = next(self._sids)
             self._resp_prefix = prefix.encode()
             self._resp_prefix_len = len(self._resp_prefix)
-            self._conn.write(encode_sub(self._resp_prefix + b"*", sid))
+            self._conn.write_control(encode_sub(self._resp_prefix + b"*", sid))
             self._resp_sid = sid
 
     def request(
@@ -487,7 +540,9 @@ class MessageBus(Handler):
             self._resp_map.pop(token, None)
         msg = slot[1]
         if msg is _CLOSED:
-            raise ConnectionClosedError(f"the bus closed while waiting for a reply on {subject!r}")
+            raise ConnectionClosedError(
+                f"the bus closed while waiting for a reply on {subject!r}"
+            ) from self._close_cause
         return _check_reply(subject, msg)
 
     def _on_response(self, subject: bytes, payload: bytes, hdr: Optional[bytes]) -> None:
@@ -653,12 +708,39 @@ class MessageBus(Handler):
     def _on_server_error(self, err: Error) -> None:
         self._report_error(err)
 
-    def _on_connection_lost(self, err: BaseException) -> None:
+    def _on_disconnected(self, err: BaseException) -> None:
         self._report_error(
             err if isinstance(err, Error) else ConnectionClosedError(f"connection lost: {err}")
         )
         self._status_q.put((self._on_disconnect, ()))
+
+    def _on_reconnected(self) -> None:
+        self._status_q.put((self._on_reconnect, ()))
+
+    def _on_connection_closed(self, err: BaseException) -> None:
+        self._close_cause = err
+        self._report_error(err)
         self.close()
+
+    def _on_discovered_servers(self, urls: List[str]) -> None:
+        self._status_q.put((self._on_discovered, (urls,)))
+
+    def _on_lame_duck(self) -> None:
+        self._status_q.put((self._on_lame_duck_cb, ()))
+
+    def _resubscribe_frames(self) -> bytes:
+        """SUB frames for every live subscription (with the auto-unsubscribe remainders) and
+        the request inbox; sent first on a new connection."""
+        frames = []
+        if self._resp_sid > 0:
+            frames.append(encode_sub(self._resp_prefix + b"*", self._resp_sid))
+        for sub in list(self._subs.values()):
+            frames.append(sub._sub_frame)
+            if sub._max is not None:
+                left = sub._max - sub._received
+                if left > 0:
+                    frames.append(encode_unsub(sub.sid, left))
+        return b"".join(frames)
 
     # --- status callbacks --------------------------------------------------------------------
 

@@ -9,15 +9,19 @@ password fails ``connect()`` at once instead of on the first publish.
 
 from __future__ import annotations
 
+import enum
 import logging
+import random
 import socket
 import ssl
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 from urllib.parse import unquote, urlsplit
+
+import tenacity
 
 from ._version import __version__
 from .errors import (
@@ -25,6 +29,7 @@ from .errors import (
     ConnectionClosedError,
     Error,
     NoServersError,
+    OutboundBufferFullError,
     PermissionViolationError,
     ProtocolError,
     TimeoutError,
@@ -50,6 +55,10 @@ DEFAULT_PING_INTERVAL = 120.0  # nats.go's default
 DEFAULT_MAX_OUTSTANDING_PINGS = 2  # nats.go's default
 #: Above this many buffered bytes a publisher sends the buffer itself (backpressure).
 WRITE_HIGH_WATER = 4 * 1024 * 1024
+DEFAULT_MAX_RECONNECT_ATTEMPTS = 60  # nats.go's default, per server; -1: forever
+DEFAULT_RECONNECT_TIME_WAIT = 2.0  # nats.go's default
+DEFAULT_RECONNECT_JITTER = 0.1  # nats.go's default
+DEFAULT_RECONNECT_BUF_SIZE = 8 * 1024 * 1024  # nats.go's default
 _READ_SIZE = 64 * 1024
 _MAX_READ_SIZE = 4 * 1024 * 1024
 
@@ -127,7 +136,11 @@ def _server_error(text: str, url: str) -> Error:
 
 
 class Handler:
-    """What the connection calls back into (implemented by the client)."""
+    """What the connection calls back into (implemented by the client).
+
+    ``_on_msg``/``_on_batch_end`` run on the reader thread; ``_resubscribe_frames`` runs with the
+    connection's write lock held and must not call back into the connection.
+    """
 
     def _on_msg(self, event: Event) -> None: ...
 
@@ -135,11 +148,73 @@ class Handler:
 
     def _on_server_error(self, err: Error) -> None: ...
 
-    def _on_connection_lost(self, err: BaseException) -> None: ...
+    def _on_disconnected(self, err: BaseException) -> None: ...
+
+    def _on_reconnected(self) -> None: ...
+
+    def _on_connection_closed(self, err: BaseException) -> None: ...
+
+    def _on_discovered_servers(self, urls: List[str]) -> None: ...
+
+    def _on_lame_duck(self) -> None: ...
+
+    def _resubscribe_frames(self) -> bytes:
+        return b""
+
+
+class State(enum.Enum):
+    """Where a connection is in its life."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class _Server:
+    """A pool entry: the address and its reconnect bookkeeping."""
+
+    __slots__ = ("addr", "attempts", "last_attempt", "discovered", "auth_errors")
+
+    def __init__(self, addr: ServerAddr, discovered: bool = False) -> None:
+        self.addr = addr
+        self.attempts = 0
+        self.last_attempt = 0.0
+        self.discovered = discovered
+        self.auth_errors = 0
+
+
+class _Link:
+    """One socket and the reader and writer threads that serve it."""
+
+    __slots__ = ("sock", "server", "reader", "writer", "alive", "last_error")
+
+    def __init__(self, sock: socket.socket, server: _Server) -> None:
+        self.sock = sock
+        self.server = server
+        self.reader: Optional[threading.Thread] = None
+        self.writer: Optional[threading.Thread] = None
+        self.alive = True
+        self.last_error: Optional[Error] = None  # the server's last -ERR: the likely cause
+
+
+class _Pong:
+    """A flush() waiting for its PONG; ``ok`` is False when the link died first."""
+
+    __slots__ = ("event", "ok")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ok = True
 
 
 class Connection:
-    """A live connection to one server of the pool, with its reader and writer threads."""
+    """The client's connection to a server pool: one live link at a time, reconnecting on loss.
+
+    While disconnected, publishes wait in the write buffer (up to ``reconnect_buf_size`` bytes,
+    then :class:`OutboundBufferFullError`); subscriptions are re-established from the client's
+    state before the buffer is replayed.
+    """
 
     def __init__(
         self,
@@ -155,8 +230,16 @@ class Connection:
         ping_interval: float = DEFAULT_PING_INTERVAL,
         max_outstanding_pings: int = DEFAULT_MAX_OUTSTANDING_PINGS,
         echo: bool = True,
+        allow_reconnect: bool = True,
+        max_reconnect_attempts: int = DEFAULT_MAX_RECONNECT_ATTEMPTS,
+        reconnect_time_wait: float = DEFAULT_RECONNECT_TIME_WAIT,
+        reconnect_jitter: float = DEFAULT_RECONNECT_JITTER,
+        reconnect_wait: Optional[Callable[[tenacity.RetryCallState], float]] = None,
+        reconnect_buf_size: int = DEFAULT_RECONNECT_BUF_SIZE,
+        randomize: bool = True,
+        ignore_discovered_servers: bool = False,
+        retry_on_failed_connect: bool = False,
     ) -> None:
-        self.servers = servers
         self._handler = handler
         self._name = name
         self._user = user
@@ -167,29 +250,65 @@ class Connection:
         self.ping_interval = ping_interval
         self.max_outstanding_pings = max_outstanding_pings
         self._echo = echo
+        self.allow_reconnect = allow_reconnect
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.reconnect_buf_size = reconnect_buf_size
+        self._wait = reconnect_wait or (
+            tenacity.wait_fixed(reconnect_time_wait) + tenacity.wait_random(0, reconnect_jitter)
+        )
+        self.reconnect_time_wait = reconnect_time_wait
+        self._randomize = randomize
+        self._ignore_discovered = ignore_discovered_servers
+        self._retry_on_failed_connect = retry_on_failed_connect
+
+        self._pool = [_Server(a) for a in servers]
+        if randomize:
+            random.shuffle(self._pool)
 
         self.info: Dict[str, Any] = {}
         self.max_payload = 1024 * 1024
-        self.addr: Optional[ServerAddr] = None
-        self._sock: Optional[socket.socket] = None
+        self._link: Optional[_Link] = None
+        self._connecting_sock: Optional[socket.socket] = None
 
         self._wlock = threading.Lock()
-        self._wcond = threading.Condition(self._wlock)
+        self._wcond = threading.Condition(self._wlock)  # the writer waits here for data
+        self._state_cond = threading.Condition(self._wlock)  # state changes
         self._send_lock = threading.Lock()
         self._wbuf = bytearray()
         self._writer_waiting = False
-        self._pongs: Deque[Optional[threading.Event]] = deque()  # under _wlock
-        self._pings_out = 0  # under _wlock
-        self._stopping = False
+        self._pongs: Deque[Optional[_Pong]] = deque()  # under _wlock; None for timer pings
+        self._pings_in_buf = 0  # PINGs in _wbuf not yet taken by a sender (under _wlock)
+        self._pings_out = 0  # timer pings unanswered (under _wlock)
+        self.state = State.CONNECTING
+        self.connected = False  # state is CONNECTED (kept as a plain bool for the hot path)
         self.closed = False
-        self.connected = False
+        self._closed_event = threading.Event()
+        self._closing = False  # close() waits for the writer to take the buffer
+        self._reconnect_thread: Optional[threading.Thread] = None
         self.out_msgs = 0  # under _wlock
         self.out_bytes = 0  # under _wlock
         self.in_msgs = 0  # reader thread only
         self.in_bytes = 0  # reader thread only
-        self._last_error: Optional[Error] = None  # the server's last -ERR, the likely cause
-        self._reader: Optional[threading.Thread] = None
-        self._writer: Optional[threading.Thread] = None
+        self.reconnects = 0
+        self.last_error: Optional[BaseException] = None
+
+    # --- properties --------------------------------------------------------------------------
+
+    @property
+    def addr(self) -> Optional[ServerAddr]:
+        """The address of the current (or last) server."""
+        link = self._link
+        return link.server.addr if link is not None else None
+
+    @property
+    def servers(self) -> List[ServerAddr]:
+        """The server pool: given URLs and, unless ignored, those the cluster announced."""
+        return [s.addr for s in self._pool]
+
+    @property
+    def discovered_servers(self) -> List[ServerAddr]:
+        """Servers learned from the cluster's INFO ``connect_urls``."""
+        return [s.addr for s in self._pool if s.discovered]
 
     # --- connecting --------------------------------------------------------------------------
 
@@ -198,26 +317,39 @@ class Connection:
 
         A refusal of the credentials ends the attempt at once (:class:`AuthenticationError`);
         servers that cannot be reached are skipped, and when none is left the error is
-        :class:`NoServersError` naming every URL tried.
+        :class:`NoServersError` naming every URL tried. With ``retry_on_failed_connect`` the
+        connection instead keeps trying in the background and this returns at once.
         """
         failures: List[str] = []
         last: Optional[BaseException] = None
-        for addr in self.servers:
+        for srv in list(self._pool):
             try:
-                sock, parser, info, early = self._handshake(addr)
+                sock, parser, info, early = self._handshake(srv.addr)
             except (AuthenticationError, ssl.SSLCertVerificationError):
                 raise
             except (OSError, TimeoutError, ProtocolError, Error) as exc:
-                failures.append(f"{addr.url} ({exc})")
+                failures.append(f"{srv.addr.url} ({exc})")
                 last = exc
+                srv.last_attempt = time.monotonic()
                 continue
-            self._start(addr, sock, parser, info, early)
+            with self._wlock:
+                self._start(srv, sock, parser, info, early)
             return
-        raise NoServersError("could not connect to any server: " + "; ".join(failures)) from last
+        error = NoServersError("could not connect to any server: " + "; ".join(failures))
+        error.__cause__ = last
+        if self._retry_on_failed_connect and self.allow_reconnect:
+            log.info("%s; retrying in the background", error)
+            with self._wlock:
+                self._set_state(State.RECONNECTING)
+            self.last_error = error
+            self._start_reconnect()
+            return
+        raise error
 
     def _handshake(self, addr: ServerAddr) -> Any:
         deadline = time.monotonic() + self.connect_timeout
         sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
+        self._connecting_sock = sock
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             parser = Parser()
@@ -233,30 +365,10 @@ class Connection:
                 ctx = self._tls or ssl.create_default_context()
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
                 sock = ctx.wrap_socket(sock, server_hostname=addr.host)
-            options: Dict[str, Any] = {
-                "verbose": False,
-                "pedantic": False,
-                "tls_required": use_tls,
-                "lang": "python3",
-                "version": __version__,
-                "protocol": 1,
-                "headers": True,
-                "no_responders": True,
-                "echo": self._echo,
-            }
-            if self._name:
-                options["name"] = self._name
-            user = self._user if self._user is not None else addr.user
-            password = self._password if self._password is not None else addr.password
-            token = self._token if self._token is not None else addr.token
-            if user is not None:
-                options["user"] = user
-                options["pass"] = password or ""
-            if token is not None:
-                options["auth_token"] = token
-            sock.sendall(encode_connect(options) + PING_FRAME)
+                self._connecting_sock = sock
+            sock.sendall(encode_connect(self._connect_options(addr, use_tls)) + PING_FRAME)
             self._read_until(sock, parser, events, deadline, PONG, addr)
-            sock.settimeout(None)
+            sock.settimeout(self.ping_interval)  # bounds a sendall into a stalled connection
             return sock, parser, info, events
         except socket.timeout:
             sock.close()
@@ -266,6 +378,32 @@ class Connection:
         except BaseException:
             sock.close()
             raise
+        finally:
+            self._connecting_sock = None
+
+    def _connect_options(self, addr: ServerAddr, use_tls: bool) -> Dict[str, Any]:
+        options: Dict[str, Any] = {
+            "verbose": False,
+            "pedantic": False,
+            "tls_required": use_tls,
+            "lang": "python3",
+            "version": __version__,
+            "protocol": 1,
+            "headers": True,
+            "no_responders": True,
+            "echo": self._echo,
+        }
+        if self._name:
+            options["name"] = self._name
+        user = self._user if self._user is not None else addr.user
+        password = self._password if self._password is not None else addr.password
+        token = self._token if self._token is not None else addr.token
+        if user is not None:
+            options["user"] = user
+            options["pass"] = password or ""
+        if token is not None:
+            options["auth_token"] = token
+        return options
 
     def _read_until(
         self,
@@ -293,7 +431,7 @@ class Connection:
                     continue
                 raise ProtocolError(f"unexpected {ev!r} during the handshake")
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self.closed:
                 raise socket.timeout()
             sock.settimeout(left)
             data = sock.recv(_READ_SIZE)
@@ -303,35 +441,89 @@ class Connection:
 
     def _start(
         self,
-        addr: ServerAddr,
+        srv: _Server,
         sock: socket.socket,
         parser: Parser,
         info: Dict[str, Any],
         early: List[Event],
     ) -> None:
-        self.addr = addr
+        """Make a handshaken socket the live link (called with _wlock held)."""
+        link = _Link(sock, srv)
+        self._link = link
         self.info = info
         self.max_payload = int(info.get("max_payload") or self.max_payload)
-        self._sock = sock
-        self.connected = True
-        self._reader = threading.Thread(
-            target=self._read_loop, args=(sock, parser, early), name="telestion_sync-reader", daemon=True
+        srv.attempts = 0
+        srv.auth_errors = 0
+        self._pings_out = 0
+        self._add_discovered(info)
+        link.reader = threading.Thread(
+            target=self._read_loop, args=(link, parser, early), name="telestion_sync-reader", daemon=True
         )
-        self._writer = threading.Thread(
-            target=self._write_loop, args=(sock,), name="telestion_sync-writer", daemon=True
+        link.writer = threading.Thread(
+            target=self._write_loop, args=(link,), name="telestion_sync-writer", daemon=True
         )
-        self._reader.start()
-        self._writer.start()
-        log.debug("connected to %s (server %s)", addr.url, info.get("server_id"))
+        self._set_state(State.CONNECTED)
+        link.reader.start()
+        link.writer.start()
+        log.debug("connected to %s (server %s)", srv.addr.url, info.get("server_id"))
+
+    def _set_state(self, state: State) -> None:
+        """Change state and wake whoever waits for it (called with _wlock held)."""
+        self.state = state
+        self.connected = state is State.CONNECTED
+        self._state_cond.notify_all()
+        if self._writer_waiting:
+            self._wcond.notify_all()
+
+    def wait_connected(self, timeout: Optional[float]) -> bool:
+        """Block until connected (True) or closed / timed out (False)."""
+        with self._wlock:
+            return self._state_cond.wait_for(lambda: self.connected or self.closed, timeout) and (
+                self.connected
+            )
+
+    def _add_discovered(self, info: Dict[str, Any]) -> None:
+        if self._ignore_discovered:
+            return
+        urls = info.get("connect_urls") or []
+        known = {(s.addr.host, s.addr.port) for s in self._pool}
+        scheme = self._pool[0].addr.scheme if self._pool else "nats"
+        added: List[str] = []
+        for hostport in urls:
+            try:
+                addr = parse_server(f"{scheme}://{hostport}")
+            except ValueError:
+                continue
+            if (addr.host, addr.port) in known:
+                continue
+            known.add((addr.host, addr.port))
+            self._pool.insert(random.randint(0, len(self._pool)) if self._randomize else len(self._pool),
+                              _Server(addr, discovered=True))
+            added.append(addr.url)
+        if added:
+            log.debug("discovered servers %s", added)
+            self._handler._on_discovered_servers(added)
 
     # --- writing -----------------------------------------------------------------------------
 
     def write(self, frame: bytes, nmsgs: int = 0, nbytes: int = 0, *more: bytes) -> None:
-        """Queue ``frame`` (and the parts in ``more``) for the writer thread."""
+        """Queue ``frame`` (and the parts in ``more``) for the writer thread; while
+        disconnected, for the next server.
+
+        Raises :class:`OutboundBufferFullError` when disconnected and the reconnect buffer
+        cannot take the frame, :class:`ConnectionClosedError` when closed.
+        """
         with self._wlock:
-            if not self.connected:
-                self._not_writable()
             buf = self._wbuf
+            if not self.connected:
+                if self.closed:
+                    raise ConnectionClosedError("the connection is closed")
+                size = len(frame) + sum(len(p) for p in more)
+                if len(buf) + size > self.reconnect_buf_size:
+                    raise OutboundBufferFullError(
+                        f"reconnect buffer full ({len(buf)} of {self.reconnect_buf_size} bytes) "
+                        "while disconnected; the message was not accepted"
+                    )
             buf += frame
             for part in more:
                 buf += part
@@ -340,93 +532,124 @@ class Connection:
             if self._writer_waiting:
                 self._writer_waiting = False
                 self._wcond.notify()
-            big = len(buf) > WRITE_HIGH_WATER
+            big = self.connected and len(buf) > WRITE_HIGH_WATER
         if big:
             self.send_now()
+
+    def write_control(self, frame: bytes) -> None:
+        """Queue a SUB/UNSUB frame. While disconnected it is dropped: the client's state is
+        replayed on reconnect instead (``Handler._resubscribe_frames``)."""
+        with self._wlock:
+            if self.closed:
+                raise ConnectionClosedError("the connection is closed")
+            if not self.connected:
+                return
+            self._wbuf += frame
+            if self._writer_waiting:
+                self._writer_waiting = False
+                self._wcond.notify()
 
     def _not_writable(self) -> None:
         if self.closed:
             raise ConnectionClosedError("the connection is closed")
         raise ConnectionClosedError("not connected to a server: nothing can be sent")
 
+    def _take(self) -> bytearray:
+        """Take the whole write buffer for sending (called with _wlock held)."""
+        data = self._wbuf
+        self._wbuf = bytearray()
+        self._pings_in_buf = 0
+        if self._closing:
+            self._state_cond.notify_all()
+        return data
+
     def send_now(self) -> None:
         """Send everything buffered from the calling thread (for latency and backpressure)."""
         with self._send_lock:
             with self._wlock:
-                data = self._wbuf
-                if not data:
+                link = self._link
+                if not self.connected or link is None or not self._wbuf:
                     return
-                self._wbuf = bytearray()
-            sock = self._sock
-            if sock is None:
-                return
+                data = self._take()
             try:
-                sock.sendall(data)
+                link.sock.sendall(data)
             except OSError as exc:
-                self._lost(exc)
+                self._lost(link, exc)
 
     def ping(self, timeout: float) -> None:
         """Round trip a PING; return when the server's PONG arrived (everything before it has
-        been processed by the server), raise :class:`TimeoutError` otherwise."""
-        ev = threading.Event()
-        with self._wlock:
-            if not self.connected:
-                self._not_writable()
-            self._pongs.append(ev)
-            self._wbuf += PING_FRAME
-        self.send_now()
-        if not ev.wait(timeout):
-            raise TimeoutError(f"no PONG from the server within {timeout} s")
-        if self.closed and not self.connected:
-            raise ConnectionClosedError("the connection closed while waiting for the server")
+        been processed by the server). While disconnected it waits for the reconnect. Raises
+        :class:`TimeoutError` when that takes longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pong = _Pong()
+            with self._wlock:
+                if not self.connected:
+                    left = deadline - time.monotonic()
+                    self._state_cond.wait_for(lambda: self.connected or self.closed, max(0.0, left))
+                if self.closed:
+                    raise ConnectionClosedError("the connection is closed")
+                if not self.connected:
+                    raise TimeoutError(f"not reconnected within {timeout} s")
+                self._pongs.append(pong)
+                self._wbuf += PING_FRAME
+                self._pings_in_buf += 1
+            self.send_now()
+            if not pong.event.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"no PONG from the server within {timeout} s")
+            if pong.ok:
+                return
+            if self.closed:
+                raise ConnectionClosedError("the connection closed while waiting for the server")
 
-    def _write_loop(self, sock: socket.socket) -> None:
+    def _write_loop(self, link: _Link) -> None:
         cond = self._wcond
         interval = self.ping_interval
         next_ping = time.monotonic() + interval
+        sock = link.sock
         while True:
+            stale = False
             with cond:
-                while not self._wbuf and not self._stopping:
+                while link.alive and not (self.connected and self._wbuf):
                     left = next_ping - time.monotonic()
                     if left <= 0:
                         break
                     self._writer_waiting = True
                     cond.wait(left)
                     self._writer_waiting = False
-                if self._stopping and not self._wbuf:
+                if not link.alive:
                     return
                 if time.monotonic() >= next_ping:
                     next_ping = time.monotonic() + interval
                     if self._pings_out >= self.max_outstanding_pings:
                         stale = True
                     else:
-                        stale = False
                         self._pings_out += 1
                         self._pongs.append(None)
                         self._wbuf += PING_FRAME
-                else:
-                    stale = False
+                        self._pings_in_buf += 1
             if stale:
-                self._lost(Error("stale connection: the server did not answer pings"))
+                self._lost(link, Error("stale connection: the server did not answer pings"))
                 return
             with self._send_lock:
                 with self._wlock:
-                    data = self._wbuf
-                    self._wbuf = bytearray()
+                    if not link.alive:
+                        return
+                    data = self._take()
                 if data:
                     try:
                         sock.sendall(data)
                     except OSError as exc:
-                        self._lost(exc)
+                        self._lost(link, exc)
                         return
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _read_loop(self, sock: socket.socket, parser: Parser, early: List[Event]) -> None:
+    def _read_loop(self, link: _Link, parser: Parser, early: List[Event]) -> None:
         handler = self._handler
         on_msg = handler._on_msg
         on_batch_end = handler._on_batch_end
-        recv = sock.recv
+        recv = link.sock.recv
         events = early
         try:
             while True:
@@ -444,93 +667,233 @@ class Connection:
                     elif kind == PONG:
                         self._on_pong()
                     elif kind == ERR:
-                        self._on_err(ev[1])
+                        self._on_err(link, ev[1])
                     elif kind == INFO:
-                        self.info.update(ev[1])
+                        self._on_info(link, ev[1])
                 self.in_msgs += nmsgs
                 self.in_bytes += nbytes
                 on_batch_end()
                 need = parser.bytes_needed
-                data = recv(min(need, _MAX_READ_SIZE) if need > _READ_SIZE else _READ_SIZE)
+                while True:
+                    try:
+                        data = recv(min(need, _MAX_READ_SIZE) if need > _READ_SIZE else _READ_SIZE)
+                        break
+                    except socket.timeout:
+                        if not link.alive:
+                            return
                 if not data:
                     raise ConnectionResetError("the server closed the connection")
                 events = parser.feed(data)
         except (OSError, ProtocolError, ValueError) as exc:
             if isinstance(exc, ProtocolError):
                 handler._on_server_error(exc)
-            self._lost(exc)
+            self._lost(link, exc)
 
     def _on_pong(self) -> None:
         with self._wlock:
             self._pings_out = 0
             waiter = self._pongs.popleft() if self._pongs else None
         if waiter is not None:
-            waiter.set()
+            waiter.event.set()
 
-    def _on_err(self, text: str) -> None:
-        url = self.addr.url if self.addr else "?"
-        err = _server_error(text, url)
-        log.debug("server error from %s: %s", url, text)
-        self._last_error = err
+    def _on_err(self, link: _Link, text: str) -> None:
+        err = _server_error(text, link.server.addr.url)
+        log.debug("server error from %s: %s", link.server.addr.url, text)
+        if not isinstance(err, PermissionViolationError):
+            link.last_error = err  # the server closes the connection after most errors
         self._handler._on_server_error(err)
 
-    # --- ending ------------------------------------------------------------------------------
-
-    def _lost(self, exc: BaseException) -> None:
-        """The socket failed or the server went silent: tear down and tell the client."""
+    def _on_info(self, link: _Link, info: Dict[str, Any]) -> None:
         with self._wlock:
-            if not self.connected:
-                return
-            self.connected = False
-            waiters = list(self._pongs)
-            self._pongs.clear()
-            self._stopping = True
-            self._wcond.notify_all()
-        self._shutdown_socket()
-        for w in waiters:
-            if w is not None:
-                w.set()
-        if not self.closed:
-            cause = self._last_error or exc
-            log.info("connection to %s lost: %s", self.addr.url if self.addr else "?", cause)
-            self._handler._on_connection_lost(cause)
+            self.info.update(info)
+            self._add_discovered(info)
+            others = any(s is not link.server for s in self._pool)
+        if info.get("ldm"):
+            log.info("server %s entered lame duck mode", link.server.addr.url)
+            self._handler._on_lame_duck()
+            if others and self.allow_reconnect:
+                # Move to another server now rather than wait to be cut off.
+                link.server.last_attempt = time.monotonic()
+                self._lost(link, Error(f"server {link.server.addr.url} entered lame duck mode"))
 
-    def _shutdown_socket(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
+    # --- losing and regaining the link -------------------------------------------------------
+
+    def _lost(self, link: _Link, exc: BaseException) -> None:
+        """The link failed, went stale or is being abandoned: tear it down, then reconnect."""
+        with self._wlock:
+            if not link.alive:
+                return
+            link.alive = False
+            if self._link is not link or self.closed:
+                self._wcond.notify_all()
+                self._shutdown(link.sock)
+                return
+            # PINGs still in the buffer go to the next server and keep their waiters; the
+            # ones already sent died with this link, so their flush() calls try again.
+            keep = self._pings_in_buf
+            waiters = list(self._pongs)
+            gone, kept = waiters[: len(waiters) - keep], waiters[len(waiters) - keep :]
+            self._pongs = deque(kept)
+            self._pings_out = 0
+            cause = link.last_error or exc
+            self.last_error = cause
+            if self.allow_reconnect:
+                self._set_state(State.RECONNECTING)
+            else:
+                self._set_state(State.CONNECTING)
+            self._wcond.notify_all()
+        self._shutdown(link.sock)
+        for w in gone:
+            if w is not None:
+                w.ok = False
+                w.event.set()
+        log.info("connection to %s lost: %s", link.server.addr.url, cause)
+        self._handler._on_disconnected(cause)
+        if self.allow_reconnect:
+            self._start_reconnect()
+        else:
+            self._handler._on_connection_closed(cause)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         sock.close()
 
+    def _start_reconnect(self) -> None:
+        t = threading.Thread(target=self._reconnect_loop, name="telestion_sync-reconnect", daemon=True)
+        self._reconnect_thread = t
+        t.start()
+
+    def _next_server(self, current: Optional[_Server]) -> Optional[_Server]:
+        """nats.go's rotation: the current server goes to the back; servers past their attempt
+        limit leave the pool. None when the pool is empty (called with _wlock held)."""
+        pool = self._pool
+        if current is not None and current in pool:
+            pool.remove(current)
+            pool.append(current)
+        limit = self.max_reconnect_attempts
+        if limit >= 0:
+            pool[:] = [s for s in pool if s.attempts < limit]
+        return pool[0] if pool else None
+
+    def _reconnect_loop(self) -> None:
+        current = self._link.server if self._link is not None else None
+        last: Optional[BaseException] = self.last_error
+        rounds = 0
+        tried_this_round = 0
+        while not self.closed:
+            with self._wlock:
+                srv = self._next_server(current)
+                pool_size = len(self._pool)
+            if srv is None:
+                break
+            current = srv
+            if tried_this_round >= pool_size:
+                tried_this_round = 0
+                rounds += 1
+            since = time.monotonic() - srv.last_attempt
+            state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+            state.attempt_number = rounds + 1
+            delay = self._wait(state) - since
+            if delay > 0 and self._closed_event.wait(delay):
+                break
+            tried_this_round += 1
+            srv.attempts += 1
+            srv.last_attempt = time.monotonic()
+            try:
+                sock, parser, info, early = self._handshake(srv.addr)
+            except AuthenticationError as exc:
+                last = exc
+                srv.auth_errors += 1
+                self._handler._on_server_error(exc)
+                if srv.auth_errors >= 2:  # nats.go: the same auth error twice from a server
+                    with self._wlock:
+                        if srv in self._pool:
+                            self._pool.remove(srv)
+                continue
+            except (OSError, Error, ssl.SSLError) as exc:
+                last = exc
+                log.debug("reconnect to %s failed: %s", srv.addr.url, exc)
+                continue
+            with self._wlock:
+                if self.closed:
+                    self._shutdown(sock)
+                    return
+                frames = self._handler._resubscribe_frames()
+                self._wbuf[:0] = frames  # subscriptions first, then what was buffered
+                self._start(srv, sock, parser, info, early)
+                self.reconnects += 1
+            log.info("reconnected to %s", srv.addr.url)
+            self._handler._on_reconnected()
+            return
+        if self.closed:
+            return
+        error = NoServersError(
+            f"gave up reconnecting after {self.max_reconnect_attempts} attempt(s) per server"
+            + (f"; last error: {last}" if last else "")
+        )
+        error.__cause__ = last
+        self.last_error = error
+        self._handler._on_connection_closed(error)
+
+    # --- ending ------------------------------------------------------------------------------
+
     def close(self, timeout: float = 2.0) -> None:
         """Send what is buffered, close the socket and join the threads (idempotent)."""
+        me = threading.current_thread()
         with self._wlock:
             if self.closed:
                 return
+            self._closing = True
+            link = self._link
+        if link is not None and link.alive and link.writer is not me:
+            self._drain_writer(link, timeout)
+        with self._wlock:
             self.closed = True
-            self._stopping = True
-            self._wcond.notify_all()
+            self._set_state(State.CLOSED)
             waiters = list(self._pongs)
             self._pongs.clear()
+            if link is not None:
+                link.alive = False
+            self._wcond.notify_all()
+        self._closed_event.set()
+        sock = self._connecting_sock
+        if sock is not None:
+            self._shutdown(sock)
         for w in waiters:
             if w is not None:
-                w.set()
-        me = threading.current_thread()
-        if self._writer is not None and self._writer is not me:
-            self._writer.join(timeout)
+                w.ok = False
+                w.event.set()
+        if link is not None:
+            self._shutdown(link.sock)
+            for t in (link.writer, link.reader):
+                if t is not None and t is not me:
+                    t.join(timeout)
+        t = self._reconnect_thread
+        if t is not None and t is not me:
+            t.join(timeout)
+
+    def _drain_writer(self, link: _Link, timeout: float) -> None:
+        """Wait (bounded) until the writer has taken everything buffered."""
         with self._wlock:
-            self.connected = False
-        self._shutdown_socket()
-        if self._reader is not None and self._reader is not me:
-            self._reader.join(timeout)
+            self._wcond.notify_all()
+            self._state_cond.wait_for(
+                lambda: not (self._wbuf and link.alive and self.connected), timeout
+            )
+        if self._send_lock.acquire(timeout=timeout):  # a sendall in progress finishes first
+            self._send_lock.release()
 
     @property
     def threads(self) -> List[threading.Thread]:
         """The live threads of this connection (for tests and diagnostics)."""
-        return [t for t in (self._reader, self._writer) if t is not None and t.is_alive()]
+        link = self._link
+        found = [t for t in ((link.reader, link.writer) if link else ()) if t is not None]
+        if self._reconnect_thread is not None:
+            found.append(self._reconnect_thread)
+        return [t for t in found if t.is_alive()]
 
 
-__all__ = ["Connection", "ServerAddr", "parse_server", "parse_servers", "Handler"]
+__all__ = ["Connection", "ServerAddr", "State", "parse_server", "parse_servers", "Handler"]

@@ -7,6 +7,7 @@ configuration (users, permissions, clusters) is passed as nats-server config tex
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.request
 from typing import Any, List, Optional, Sequence
 
 log = logging.getLogger("telestion_sync.server")
@@ -66,6 +68,8 @@ class NatsServer:
         password: Optional[str] = None,
         jetstream: bool = False,
         name: Optional[str] = None,
+        monitor_port: Optional[int] = None,
+        websocket_port: Optional[int] = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -75,6 +79,8 @@ class NatsServer:
         self.password = password
         self.jetstream = jetstream
         self.name = name
+        self.monitor_port = monitor_port
+        self.websocket_port = websocket_port
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._dir = tempfile.mkdtemp(prefix="telestion-sync-nats-")
         self.log_path = os.path.join(self._dir, "server.log")
@@ -91,6 +97,10 @@ class NatsServer:
         if self.user is not None:
             user, password = _quote(self.user), _quote(self.password or "")
             conf.append(f"authorization {{ user: {user}, password: {password} }}")
+        if self.monitor_port is not None:
+            conf.append(f'http: "{self.host}:{self.monitor_port}"')
+        if self.websocket_port is not None:
+            conf.append(f'websocket {{ listen: "{self.host}:{self.websocket_port}", no_tls: true }}')
         if self.jetstream:
             conf.append(f'jetstream {{ store_dir: "{self._dir}/js" }}')
         if self.config:
@@ -99,6 +109,14 @@ class NatsServer:
         with open(path, "w") as f:
             f.write("\n".join(conf) + "\n")
         return [nats_server_binary(), "-c", path, "-l", self.log_path, *self.args]
+
+    def monitor(self, endpoint: str, timeout: float = 2.0) -> Any:
+        """GET a monitoring endpoint (``varz``, ``routez``, ``connz``...) as parsed JSON."""
+        if self.monitor_port is None:
+            raise RuntimeError("start the server with monitor_port= to use its monitoring API")
+        url = f"http://{self.host}:{self.monitor_port}/{endpoint}"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.load(resp)
 
     def start(self, timeout: float = 10.0) -> NatsServer:
         """Start the process and wait until it accepts clients."""
@@ -194,3 +212,70 @@ class NatsServer:
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class NatsCluster:
+    """``size`` nats-servers joined by routes on loopback: a local cluster for failover tests
+    and for trying a deployment that outgrows one machine. Each node has a monitoring port."""
+
+    def __init__(
+        self, size: int = 3, *, host: str = "127.0.0.1", config: str = "", name: str = "local"
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        route_ports = [free_port(host) for _ in range(size)]
+        routes = ", ".join(f'"nats://{host}:{p}"' for p in route_ports)
+        self.nodes: List[NatsServer] = []
+        for i, port in enumerate(route_ports):
+            cluster = f'cluster {{ name: "{name}", listen: "{host}:{port}", routes: [{routes}] }}'
+            self.nodes.append(
+                NatsServer(
+                    host=host,
+                    config=cluster + "\n" + config,
+                    name=f"{name}-{i}",
+                    monitor_port=free_port(host),
+                )
+            )
+
+    @property
+    def urls(self) -> List[str]:
+        return [n.url for n in self.nodes]
+
+    def node_for(self, url: Optional[str]) -> NatsServer:
+        """The node serving ``url`` (e.g. a bus's ``connected_url``)."""
+        for n in self.nodes:
+            if n.url == url:
+                return n
+        raise KeyError(url)
+
+    def start(self, timeout: float = 20.0) -> NatsCluster:
+        """Start every node and wait until each has routes to all others."""
+        for n in self.nodes:
+            n.start(timeout)
+        self.wait_routes(timeout)
+        return self
+
+    def wait_routes(self, timeout: float = 20.0) -> None:
+        """Wait until every running node is routed to every other running node."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [n for n in self.nodes if n.running]
+            try:
+                if all(n.monitor("routez").get("num_routes", 0) >= len(running) - 1 for n in running):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster routes not formed within {timeout} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        for n in self.nodes:
+            n.__exit__(*exc)

@@ -77,6 +77,7 @@ class Subscription(MessageContext):
         self._delivered = 0  # consumer
         self._bytes_out = 0  # consumer
         self._max: Optional[int] = None
+        self._sub_frame = b""  # the SUB frame, replayed on reconnect
         self._closed = False  # no more messages will be queued
         self._draining = False
         self._error: Optional[BaseException] = None  # why it failed, raised by next_msg
