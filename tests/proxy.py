@@ -1,0 +1,105 @@
+"""A TCP proxy for fault tests: forwards loopback traffic and can stall or cut it.
+
+``stall()`` keeps every connection open but stops moving bytes in both directions (what a dead
+link or a hung middlebox looks like to a client); ``cut()`` closes every connection at once.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+from typing import List, Tuple
+
+from telestion_sync.server import free_port
+
+
+class TCPProxy:
+    """Listens on ``127.0.0.1:port`` and forwards each connection to ``target``."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.1)
+        self._pairs: List[Tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._stalled = threading.Event()
+        self._stop = threading.Event()
+        self._threads: List[threading.Thread] = []
+        self.accepted = 0
+        t = threading.Thread(target=self._accept_loop, name="proxy-accept", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+                self.accepted += 1
+            t = threading.Thread(target=self._pump, args=(client, upstream), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(a, selectors.EVENT_READ, b)
+        sel.register(b, selectors.EVENT_READ, a)
+        try:
+            while not self._stop.is_set():
+                if self._stalled.is_set():
+                    self._stop.wait(0.05)  # hold the bytes: nothing flows while stalled
+                    continue
+                for key, _ in sel.select(timeout=0.05):
+                    src: socket.socket = key.fileobj  # type: ignore[assignment]
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except OSError:
+            return
+        finally:
+            sel.close()
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stall(self) -> None:
+        """Stop forwarding in both directions; connections stay open."""
+        self._stalled.set()
+
+    def resume(self) -> None:
+        self._stalled.clear()
+
+    def cut(self) -> None:
+        """Close every proxied connection now."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for a, b in pairs:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.cut()
+        self._listener.close()
+        for t in self._threads:
+            t.join(2)

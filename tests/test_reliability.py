@@ -1,0 +1,440 @@
+"""Fault tests against real servers: kill -9 and restart, cluster failover, stalled links,
+lame duck mode, reconnect buffer limits, slow consumers, many threads during a restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Set
+
+import pytest
+
+import telestion_sync as ts
+from telestion_sync.server import NatsCluster, NatsServer
+
+from .proxy import TCPProxy
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = dict(reconnect_time_wait=0.05, reconnect_jitter=0.01, max_reconnect_attempts=-1)
+
+
+@pytest.fixture
+def cluster() -> Iterator[NatsCluster]:
+    with NatsCluster(3) as c:
+        yield c
+
+
+class Numbers:
+    """A callback that records numbered payloads and wakes waiters when a number arrives."""
+
+    def __init__(self) -> None:
+        self.got: List[int] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, msg: ts.Message) -> None:
+        with self._cond:
+            self.got.append(int(msg.payload))
+            self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 20.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: n in self.got, timeout), (
+                f"{n} not received within {timeout} s; last {self.got[-5:]}"
+            )
+
+
+def assert_exact(got: List[int], required: Set[int], label: str) -> None:
+    assert len(got) == len(set(got)), f"{label}: duplicates"
+    assert got == sorted(got), f"{label}: reordered"
+    missing = required - set(got)
+    assert not missing, f"{label}: {len(missing)} missing, e.g. {sorted(missing)[:10]}"
+
+
+def test_kill_and_restart_loses_nothing_that_was_buffered(errors: Any) -> None:
+    """10,000 numbered messages at a steady pace; the server is killed -9 and restarted on the
+    same port. Everything published from the moment the client saw the outage arrives, once,
+    in order, at a subscriber on the same bus and at one on a second bus (from its resubscription
+    on)."""
+    srv = NatsServer().start()
+    reconnected = threading.Event()
+    other_ready = threading.Event()
+    try:
+        pub = ts.connect(srv.url, on_error=errors, **FAST)
+        other = ts.connect(srv.url, on_reconnect=reconnected.set, **FAST)
+        mine, theirs = Numbers(), Numbers()
+        pub.subscribe("soak", mine)
+        other.subscribe("soak", theirs)
+        pub.flush()
+        other.flush()
+        first_buffered = None
+        other_from = None
+        for i in range(10_000):
+            if i == 3_000:
+                srv.kill()
+            if i == 3_500:
+                srv.restart()
+            if first_buffered is None and pub.status is not ts.State.CONNECTED:
+                first_buffered = i
+            if other_from is None and reconnected.is_set():
+                other.flush(timeout=10)  # its SUB is on the new server from here on
+                other_ready.set()
+                other_from = i
+            pub.publish("soak", str(i).encode())
+            if i % 20 == 0:
+                time.sleep(0.002)  # a steady pace, about 10k msg/s
+        mine.wait_for(9_999)
+        theirs.wait_for(9_999)
+        assert first_buffered is not None and 3_000 <= first_buffered < 3_500
+        assert other_from is not None
+        assert_exact(mine.got, set(range(first_buffered, 10_000)), "same bus")
+        assert_exact(theirs.got, set(range(other_from, 10_000)), "second bus")
+        assert pub.stats.reconnects == 1
+        pub.close()
+        other.close()
+    finally:
+        srv.stop()
+
+
+def test_cluster_failover_with_one_url(cluster: NatsCluster) -> None:
+    seen_servers: List[List[str]] = []
+    reconnected = threading.Event()
+    bus = ts.connect(
+        cluster.urls[0],
+        on_discovered_servers=seen_servers.append,
+        on_reconnect=reconnected.set,
+        **FAST,
+    )
+    helper = ts.connect(cluster.urls[1], **FAST)
+    try:
+        assert sorted(bus.discovered_servers) == sorted(cluster.urls[1:])
+        got = Numbers()
+        bus.subscribe("fo", got)
+        helper.reply("fo.echo", lambda msg: msg.data)
+        helper.flush()
+        bus.flush()
+        victim = cluster.node_for(bus.connected_url)
+        if victim is cluster.nodes[1]:  # keep the responder's node alive
+            helper.close()
+            helper = ts.connect(cluster.urls[2], **FAST)
+            helper.reply("fo.echo", lambda msg: msg.data)
+            helper.flush()
+        outcomes: List[Any] = []
+
+        def requester() -> None:
+            for i in range(200):
+                try:
+                    outcomes.append(bus.request("fo.echo", i, timeout=2).data)
+                except (ts.TimeoutError, ts.NoRespondersError) as exc:
+                    outcomes.append(exc)
+
+        t = threading.Thread(target=requester)
+        t.start()
+        start = time.monotonic()
+        victim.kill()
+        assert reconnected.wait(2), "no failover within 2 s"
+        failover = time.monotonic() - start
+        t.join(30)
+        assert not t.is_alive(), "a request hung"
+        assert len(outcomes) == 200
+        assert bus.connected_url != victim.url
+        bus.flush()
+        cluster.wait_routes()
+        bus.publish("fo", b"1")
+        got.wait_for(1, timeout=5)
+        assert bus.request("fo.echo", "after", timeout=2).data == "after"
+        assert failover < 2
+        assert seen_servers
+    finally:
+        bus.close()
+        helper.close()
+
+
+def test_stalled_link_is_detected_and_replaced() -> None:
+    with NatsServer() as srv:
+        proxy = TCPProxy(srv.host, srv.port)
+        disconnected = threading.Event()
+        reconnected = threading.Event()
+        try:
+            bus = ts.connect(
+                [proxy.url, srv.url],
+                randomize=False,
+                ping_interval=0.2,
+                max_outstanding_pings=2,
+                on_disconnect=disconnected.set,
+                on_reconnect=reconnected.set,
+                **FAST,
+            )
+            assert bus.connected_url == proxy.url
+            sub = bus.subscribe("stall")
+            bus.flush()
+            proxy.stall()
+            start = time.monotonic()
+            assert disconnected.wait(5)
+            detected = time.monotonic() - start
+            assert reconnected.wait(5)
+            assert bus.connected_url == srv.url
+            # ping_interval * (max_outstanding_pings + 1), plus scheduling slack
+            assert detected < 0.2 * 3 + 0.5
+            bus.publish("stall", b"through the other route")
+            assert sub.next_msg(5).payload == b"through the other route"
+            bus.close()
+        finally:
+            proxy.close()
+
+
+def test_lame_duck_mode_moves_the_client(cluster: NatsCluster) -> None:
+    lame = threading.Event()
+    reconnected = threading.Event()
+    bus = ts.connect(cluster.urls, on_lame_duck=lame.set, on_reconnect=reconnected.set, **FAST)
+    try:
+        node = cluster.node_for(bus.connected_url)
+        sub = bus.subscribe("ldm")
+        bus.flush()
+        node.signal("ldm")
+        assert lame.wait(10)
+        assert reconnected.wait(10)
+        assert bus.connected_url != node.url
+        bus.publish("ldm", b"moved")
+        assert sub.next_msg(5).payload == b"moved"
+    finally:
+        bus.close()
+
+
+def test_reconnect_buffer_overflow_raises_and_keeps_what_fit() -> None:
+    srv = NatsServer().start()
+    disconnected = threading.Event()
+    try:
+        bus = ts.connect(
+            srv.url, reconnect_buf_size=20_000, on_disconnect=disconnected.set, **FAST
+        )
+        sub = bus.subscribe("buf")
+        bus.flush()
+        srv.kill()
+        assert disconnected.wait(5)
+        accepted = 0
+        with pytest.raises(ts.OutboundBufferFullError, match="reconnect buffer"):
+            for i in range(10_000):
+                bus.publish("buf", b"%05d" % i)
+                accepted += 1
+        assert 100 < accepted < 10_000
+        srv.restart()
+        assert bus.wait_connected(10)
+        got = [int(sub.next_msg(5).payload) for _ in range(accepted)]
+        assert got == list(range(accepted))
+        with pytest.raises(ts.TimeoutError):
+            sub.next_msg(0.2)
+        bus.close()
+    finally:
+        srv.stop()
+
+
+def test_slow_consumer_drops_then_resumes(server: NatsServer, errors: Any) -> None:
+    bus = ts.connect(server.url, on_error=errors)
+    try:
+        delivered: List[int] = []
+        resumed = threading.Event()
+
+        def slow(msg: ts.Message) -> None:
+            time.sleep(0.01)
+            delivered.append(int(msg.payload))
+            if msg.payload == b"99999":
+                resumed.set()
+
+        sub = bus.subscribe("flood", slow, pending_msgs_limit=50)
+        healthy = bus.subscribe("healthy")
+        bus.flush()
+        for i in range(10_000):
+            bus.publish("flood", str(i).encode())
+        bus.flush()
+        err = errors.wait(ts.SlowConsumerError)
+        assert err.subject == "flood"  # type: ignore[attr-defined]
+        assert sub.dropped > 9_000
+        assert sub.dropped + sub.pending + sub.delivered + 1 >= 10_000
+        bus.publish("healthy", b"ok")
+        assert healthy.next_msg(2).payload == b"ok"
+        # once the queue has room again, delivery resumes
+        while sub.pending:
+            time.sleep(0.01)
+        bus.publish("flood", b"99999")
+        assert resumed.wait(5)
+        assert delivered == sorted(delivered)
+        assert bus.is_connected
+    finally:
+        bus.close()
+
+
+def test_many_threads_through_a_restart() -> None:
+    srv = NatsServer().start()
+    try:
+        bus = ts.connect(srv.url, **FAST)
+        responder = ts.connect(srv.url, **FAST)
+        responder.reply("mt.echo", lambda msg: msg.data)
+        responder.flush()
+        outcomes: Dict[str, int] = {}
+        lock = threading.Lock()
+        documented = (ts.TimeoutError, ts.NoRespondersError, ts.OutboundBufferFullError)
+
+        def work(t: int) -> None:
+            for i in range(1000):
+                try:
+                    if i % 2:
+                        bus.publish(f"mt.{t}", {"i": i})
+                        kind = "published"
+                    else:
+                        assert bus.request("mt.echo", [t, i], timeout=1).data == [t, i]
+                        kind = "replied"
+                except documented as exc:
+                    kind = type(exc).__name__
+                with lock:
+                    outcomes[kind] = outcomes.get(kind, 0) + 1
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        time.sleep(0.3)
+        srv.kill()
+        time.sleep(0.3)
+        srv.restart()
+        for th in threads:
+            th.join(45)
+        assert not any(th.is_alive() for th in threads), "deadlock: a thread never returned"
+        assert sum(outcomes.values()) == 8000, outcomes
+        assert outcomes.get("published", 0) == 4000
+        assert outcomes.get("replied", 0) > 0
+        bus.close()
+        responder.close()
+    finally:
+        srv.stop()
+
+
+def test_max_reconnect_attempts_closes_and_fails_blocked_calls() -> None:
+    srv = NatsServer().start()
+    closed = threading.Event()
+    bus = ts.connect(
+        srv.url, max_reconnect_attempts=2, reconnect_time_wait=0.05, on_close=closed.set
+    )
+    sub = bus.subscribe("never")
+    bus.flush()
+    failures: List[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            sub.next_msg(timeout=30)
+        except BaseException as exc:
+            failures.append(exc)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    srv.kill()
+    assert closed.wait(10)
+    t.join(5)
+    assert bus.is_closed
+    assert len(failures) == 1 and isinstance(failures[0], ts.ConnectionClosedError)
+    assert isinstance(failures[0].__cause__, ts.NoServersError)
+    with pytest.raises(ts.ConnectionClosedError):
+        bus.publish("x", b"")
+
+
+def test_close_during_reconnect_is_prompt() -> None:
+    srv = NatsServer().start()
+    disconnected = threading.Event()
+    bus = ts.connect(
+        srv.url, reconnect_time_wait=30, max_reconnect_attempts=-1, on_disconnect=disconnected.set
+    )
+    srv.kill()
+    assert disconnected.wait(5)
+    assert bus.status is ts.State.RECONNECTING
+    threads = bus.threads
+    start = time.monotonic()
+    bus.close()
+    assert time.monotonic() - start < 2
+    assert not [t for t in threads if t.is_alive()]
+
+
+def test_retry_on_failed_connect_buffers_until_the_server_starts() -> None:
+    srv = NatsServer()  # not started yet
+    bus = ts.connect(srv.url, retry_on_failed_connect=True, **FAST)
+    try:
+        assert bus.status is ts.State.RECONNECTING
+        sub = bus.subscribe("late")
+        bus.publish("late", b"buffered")
+        srv.start()
+        assert bus.wait_connected(10)
+        assert sub.next_msg(5).payload == b"buffered"
+    finally:
+        bus.close()
+        srv.stop()
+
+
+def test_first_connect_fails_fast_by_default() -> None:
+    srv = NatsServer()  # never started
+    start = time.monotonic()
+    with pytest.raises(ts.NoServersError):
+        ts.connect(srv.url, connect_timeout=1)
+    assert time.monotonic() - start < 3
+
+
+def test_status_callbacks_run_on_the_status_thread() -> None:
+    srv = NatsServer().start()
+    names: List[str] = []
+    done = threading.Event()
+
+    def record() -> None:
+        names.append(threading.current_thread().name)
+        if len(names) == 2:
+            done.set()
+
+    try:
+        bus = ts.connect(srv.url, on_disconnect=record, on_reconnect=record, **FAST)
+        srv.kill()
+        srv.restart()
+        assert done.wait(10)
+        assert names == ["telestion_sync-status"] * 2
+        bus.close()
+    finally:
+        srv.stop()
+
+
+def test_requests_while_disconnected_wait_for_the_reconnect() -> None:
+    """A request made during an outage is sent after the reconnect, behind the replayed
+    subscriptions, and gets its reply within its own timeout."""
+    srv = NatsServer().start()
+    disconnected = threading.Event()
+    try:
+        bus = ts.connect(srv.url, on_disconnect=disconnected.set, **FAST)
+        bus.reply("wait.echo", lambda msg: msg.data)
+        assert bus.request("wait.echo", 0, timeout=2).data == 0
+        srv.kill()
+        assert disconnected.wait(5)
+        result: List[Any] = []
+        t = threading.Thread(target=lambda: result.append(bus.request("wait.echo", 1, timeout=10)))
+        t.start()
+        while not bus._resp_map:  # the request is waiting in the reconnect buffer
+            time.sleep(0.005)
+        srv.restart()
+        t.join(15)
+        assert result and result[0].data == 1
+        bus.close()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_ctrl_c_interrupts_a_blocking_call_and_leaves_the_bus_usable(bus: ts.MessageBus) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    bus.subscribe("nobody.answers")  # so the request waits instead of failing
+    bus.reply("alive", lambda msg: "yes")
+    bus.flush()
+    timer = threading.Timer(0.2, os.kill, args=(os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        bus.request("nobody.answers", timeout=20)
+    assert time.monotonic() - start < 5
+    timer.join()
+    assert bus.request("alive", timeout=2).data == "yes"
+    assert not bus._resp_map
