@@ -31,6 +31,7 @@ from .errors import (
     ServiceError,
     SlowConsumerError,
     TimeoutError,
+    TLSError,
 )
 from .message import Message
 from .subscription import Subscription, SubscriptionClosedError
@@ -63,4 +64,5 @@ __all__ = [
     "SlowConsumerError",
     "SubscriptionClosedError",
     "TimeoutError",
+    "TLSError",
 ]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import codecs as _codecs
+from .auth import Credentials, Secret, tls_context
 from .connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_OUTSTANDING_PINGS,
@@ -40,6 +41,7 @@ from .errors import (
     Error,
     MaxPayloadError,
     NoRespondersError,
+    PermissionViolationError,
     ProtocolError,
     ServiceError,
     TimeoutError,
@@ -121,10 +123,17 @@ class MessageBus(Handler):
         servers: Union[str, Sequence[str]] = DEFAULT_SERVER,
         *,
         name: Optional[str] = None,
-        user: Optional[str] = None,
-        password: Optional[str] = None,
-        token: Optional[str] = None,
-        tls: Optional[ssl.SSLContext] = None,
+        user: Secret = None,
+        password: Secret = None,
+        token: Secret = None,
+        nkey_seed: Secret = None,
+        creds: Secret = None,
+        tls: Union[bool, ssl.SSLContext, None] = None,
+        tls_ca_file: Optional[str] = None,
+        tls_cert_file: Optional[str] = None,
+        tls_key_file: Optional[str] = None,
+        tls_hostname: Optional[str] = None,
+        tls_handshake_first: bool = False,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         max_outstanding_pings: int = DEFAULT_MAX_OUTSTANDING_PINGS,
@@ -165,10 +174,10 @@ class MessageBus(Handler):
             self._servers,
             self,
             name=name,
-            user=user,
-            password=password,
-            token=token,
-            tls=tls,
+            credentials=Credentials(user, password, token, nkey_seed, creds),
+            tls=tls_context(tls, tls_ca_file, tls_cert_file, tls_key_file),
+            tls_hostname=tls_hostname,
+            tls_handshake_first=tls_handshake_first,
             connect_timeout=connect_timeout,
             ping_interval=ping_interval,
             max_outstanding_pings=max_outstanding_pings,
@@ -195,6 +204,7 @@ class MessageBus(Handler):
         self._resp_prefix_len = 0
         self._resp_map: Dict[bytes, List[Any]] = {}
         self._reply_ctx = MessageContext(self)
+        self._resp_error: Optional[PermissionViolationError] = None  # the inbox was denied
         self._req_ids = itertools.count(1)
         self._errors = 0  # written by _report_error
         self._closed = False
@@ -527,10 +537,12 @@ class MessageBus(Handler):
         self._check_open()
         if self._resp_sid < 0:
             self._ensure_resp_sub()
+        if self._resp_error is not None:
+            raise self._resp_error
         token = b"%d" % next(self._req_ids)
         lock = threading.Lock()
         lock.acquire()
-        slot: List[Any] = [lock, None]
+        slot: List[Any] = [lock, None, subject]
         self._resp_map[token] = slot
         try:
             self._publish(subject, data, self._resp_prefix + token, headers, codec, True)
@@ -539,6 +551,8 @@ class MessageBus(Handler):
         finally:
             self._resp_map.pop(token, None)
         msg = slot[1]
+        if isinstance(msg, BaseException):
+            raise msg
         if msg is _CLOSED:
             raise ConnectionClosedError(
                 f"the bus closed while waiting for a reply on {subject!r}"
@@ -558,11 +572,11 @@ class MessageBus(Handler):
         slot[1] = msg
         slot[0].release()
 
-    def _fail_requests(self) -> None:
+    def _fail_requests(self, err: Any = _CLOSED) -> None:
         slots = list(self._resp_map.values())
         self._resp_map.clear()
         for slot in slots:
-            slot[1] = _CLOSED
+            slot[1] = err
             try:
                 slot[0].release()
             except RuntimeError:
@@ -706,7 +720,27 @@ class MessageBus(Handler):
             wake_all(self._touched)
 
     def _on_server_error(self, err: Error) -> None:
+        if isinstance(err, PermissionViolationError):
+            self._on_permission_violation(err)
         self._report_error(err)
+
+    def _on_permission_violation(self, err: PermissionViolationError) -> None:
+        """Fail what the denial hits: the subscriptions on that subject, or the requests
+        published to it (or all requests, when their reply inbox may not be subscribed)."""
+        if err.operation == "subscribe":
+            if self._resp_sid > 0 and err.subject == (self._resp_prefix + b"*").decode():
+                self._resp_error = err
+                self._fail_requests(err)
+                return
+            for sub in list(self._subs.values()):
+                if sub.subject == err.subject and (err.queue is None or sub.queue == err.queue):
+                    self._subs.pop(sub.sid, None)
+                    sub._close(err)
+        else:
+            for token, slot in list(self._resp_map.items()):
+                if slot[2] == err.subject and self._resp_map.pop(token, None) is slot:
+                    slot[1] = err
+                    slot[0].release()
 
     def _on_disconnected(self, err: BaseException) -> None:
         self._report_error(

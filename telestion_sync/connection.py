@@ -24,8 +24,10 @@ from urllib.parse import unquote, urlsplit
 import tenacity
 
 from ._version import __version__
+from .auth import Credentials
 from .errors import (
     AuthenticationError,
+    ConfigError,
     ConnectionClosedError,
     Error,
     NoServersError,
@@ -33,6 +35,7 @@ from .errors import (
     PermissionViolationError,
     ProtocolError,
     TimeoutError,
+    TLSError,
 )
 from .protocol import (
     ERR,
@@ -126,10 +129,13 @@ def _server_error(text: str, url: str) -> Error:
     """The exception for a server ``-ERR`` text."""
     low = text.lower()
     if low.startswith("permissions violation"):
-        # 'Permissions Violation for Publish to "x"' / '... for Subscription to "x" ...'
+        # 'Permissions Violation for Publish to "x"' or
+        # 'Permissions Violation for Subscription to "x" using queue "q"'
         operation = "subscribe" if "subscription" in low else "publish"
-        subject = text.split('"')[1] if text.count('"') >= 2 else ""
-        return PermissionViolationError(operation, subject, f"{text} (server {url})")
+        quoted = text.split('"')[1::2]
+        subject = quoted[0] if quoted else ""
+        queue = quoted[1] if len(quoted) > 1 and "queue" in low else None
+        return PermissionViolationError(operation, subject, f"{text} (server {url})", queue)
     if "authorization" in low or "authentication" in low or "user" in low and "expired" in low:
         return AuthenticationError(f"server {url} refused the credentials: {text}")
     return Error(f"server {url} reported: {text}")
@@ -222,10 +228,10 @@ class Connection:
         handler: Handler,
         *,
         name: Optional[str] = None,
-        user: Optional[str] = None,
-        password: Optional[str] = None,
-        token: Optional[str] = None,
+        credentials: Optional[Credentials] = None,
         tls: Optional[ssl.SSLContext] = None,
+        tls_hostname: Optional[str] = None,
+        tls_handshake_first: bool = False,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         max_outstanding_pings: int = DEFAULT_MAX_OUTSTANDING_PINGS,
@@ -242,10 +248,10 @@ class Connection:
     ) -> None:
         self._handler = handler
         self._name = name
-        self._user = user
-        self._password = password
-        self._token = token
+        self._credentials = credentials or Credentials()
         self._tls = tls
+        self._tls_hostname = tls_hostname
+        self._tls_handshake_first = tls_handshake_first
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.max_outstanding_pings = max_outstanding_pings
@@ -325,8 +331,8 @@ class Connection:
         for srv in list(self._pool):
             try:
                 sock, parser, info, early = self._handshake(srv.addr)
-            except (AuthenticationError, ssl.SSLCertVerificationError):
-                raise
+            except (AuthenticationError, TLSError, ConfigError):
+                raise  # wrong configuration: no other server will fix it
             except (OSError, TimeoutError, ProtocolError, Error) as exc:
                 failures.append(f"{srv.addr.url} ({exc})")
                 last = exc
@@ -352,21 +358,34 @@ class Connection:
         self._connecting_sock = sock
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ctx = self._tls
+            if ctx is None and addr.scheme == "tls":
+                ctx = ssl.create_default_context()
+            if ctx is not None and self._tls_handshake_first:
+                sock = self._wrap(ctx, sock, addr, deadline)
             parser = Parser()
             events: List[Event] = []
-            info = self._read_until(sock, parser, events, deadline, INFO)[1]
+            try:
+                info = self._read_until(sock, parser, events, deadline, INFO)[1]
+            except socket.timeout:
+                hint = "" if ctx is not None else " (if it expects TLS first, pass tls_handshake_first=True)"
+                raise TimeoutError(
+                    f"server {addr.url} sent no INFO within {self.connect_timeout} s{hint}"
+                ) from None
             max_payload = info.get("max_payload")
             if isinstance(max_payload, int) and max_payload > 0:
                 parser.max_payload = max_payload
-            use_tls = addr.scheme == "tls" or self._tls is not None
-            if info.get("tls_required") and not use_tls:
-                raise Error(f"server {addr.url} requires TLS; use a tls:// URL or pass tls=ssl.SSLContext")
-            if use_tls:
-                ctx = self._tls or ssl.create_default_context()
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-                sock = ctx.wrap_socket(sock, server_hostname=addr.host)
-                self._connecting_sock = sock
-            sock.sendall(encode_connect(self._connect_options(addr, use_tls)) + PING_FRAME)
+            if info.get("tls_required") and ctx is None:
+                raise TLSError(
+                    f"server {addr.url} requires TLS: use a tls:// URL, tls=True, tls_ca_file=... "
+                    "or tls=ssl.SSLContext"
+                )
+            if ctx is not None and not self._tls_handshake_first:
+                if not (info.get("tls_required") or info.get("tls_available")):
+                    raise TLSError(f"TLS was asked for, but server {addr.url} does not offer TLS")
+                sock = self._wrap(ctx, sock, addr, deadline)
+            fields = self._connect_options(addr, ctx is not None, info.get("nonce"))
+            sock.sendall(encode_connect(fields) + PING_FRAME)
             self._read_until(sock, parser, events, deadline, PONG, addr)
             sock.settimeout(self.ping_interval)  # bounds a sendall into a stalled connection
             return sock, parser, info, events
@@ -375,13 +394,33 @@ class Connection:
             raise TimeoutError(
                 f"server {addr.url} did not complete the handshake within {self.connect_timeout} s"
             ) from None
+        except ssl.SSLError as exc:
+            sock.close()
+            raise TLSError(
+                f"server {addr.url} refused the TLS connection ({exc.reason or exc}); "
+                "does it need a client certificate (tls_cert_file, tls_key_file)?"
+            ) from None
         except BaseException:
             sock.close()
             raise
         finally:
             self._connecting_sock = None
 
-    def _connect_options(self, addr: ServerAddr, use_tls: bool) -> Dict[str, Any]:
+    def _wrap(self, ctx: ssl.SSLContext, sock: socket.socket, addr: ServerAddr, deadline: float) -> Any:
+        host = self._tls_hostname or addr.host
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            tls_sock = ctx.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            raise TLSError(
+                f"the TLS certificate of {host} ({addr.url}) is not trusted: {exc.verify_message}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise TLSError(f"TLS handshake with {host} ({addr.url}) failed: {exc.reason or exc}") from None
+        self._connecting_sock = tls_sock
+        return tls_sock
+
+    def _connect_options(self, addr: ServerAddr, use_tls: bool, nonce: Optional[str]) -> Dict[str, Any]:
         options: Dict[str, Any] = {
             "verbose": False,
             "pedantic": False,
@@ -395,14 +434,7 @@ class Connection:
         }
         if self._name:
             options["name"] = self._name
-        user = self._user if self._user is not None else addr.user
-        password = self._password if self._password is not None else addr.password
-        token = self._token if self._token is not None else addr.token
-        if user is not None:
-            options["user"] = user
-            options["pass"] = password or ""
-        if token is not None:
-            options["auth_token"] = token
+        options.update(self._credentials.connect_fields(addr.user, addr.password, addr.token, nonce))
         return options
 
     def _read_until(
@@ -497,8 +529,10 @@ class Connection:
             if (addr.host, addr.port) in known:
                 continue
             known.add((addr.host, addr.port))
-            self._pool.insert(random.randint(0, len(self._pool)) if self._randomize else len(self._pool),
-                              _Server(addr, discovered=True))
+            self._pool.insert(
+                random.randint(0, len(self._pool)) if self._randomize else len(self._pool),
+                _Server(addr, discovered=True),
+            )
             added.append(addr.url)
         if added:
             log.debug("discovered servers %s", added)
@@ -880,9 +914,7 @@ class Connection:
         """Wait (bounded) until the writer has taken everything buffered."""
         with self._wlock:
             self._wcond.notify_all()
-            self._state_cond.wait_for(
-                lambda: not (self._wbuf and link.alive and self.connected), timeout
-            )
+            self._state_cond.wait_for(lambda: not (self._wbuf and link.alive and self.connected), timeout)
         if self._send_lock.acquire(timeout=timeout):  # a sendall in progress finishes first
             self._send_lock.release()
 

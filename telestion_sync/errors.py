@@ -34,12 +34,16 @@ class ProtocolError(Error):
 class PermissionViolationError(Error):
     """The server denied a publish or subscribe on a subject for this user.
 
-    ``operation`` is ``"publish"`` or ``"subscribe"``, ``subject`` the denied subject.
+    ``operation`` is ``"publish"`` or ``"subscribe"``, ``subject`` the denied subject and
+    ``queue`` the queue group of a denied queue subscription.
     """
 
-    def __init__(self, operation: str, subject: str, message: Optional[str] = None) -> None:
+    def __init__(
+        self, operation: str, subject: str, message: Optional[str] = None, queue: Optional[str] = None
+    ) -> None:
         self.operation = operation
         self.subject = subject
+        self.queue = queue
         super().__init__(message or f"permission denied to {operation} on {subject!r}")
 
 
@@ -112,3 +116,8 @@ class OutboundBufferFullError(Error):
 
 class ConfigError(Error, ValueError):
     """Service configuration is missing or invalid; the message names the keys or file."""
+
+
+class TLSError(Error):
+    """TLS is misconfigured for this server: required but not enabled, not offered, an
+    untrusted certificate (the message names the host), or a refused client certificate."""

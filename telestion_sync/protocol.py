@@ -297,9 +297,7 @@ def encode_pub(subject: bytes, payload: bytes, reply: Optional[bytes] = None) ->
     return b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, n, payload)
 
 
-def encode_hpub(
-    subject: bytes, header_block: bytes, payload: bytes, reply: Optional[bytes] = None
-) -> bytes:
+def encode_hpub(subject: bytes, header_block: bytes, payload: bytes, reply: Optional[bytes] = None) -> bytes:
     """An HPUB frame: ``header_block`` from :func:`encode_headers`, then ``payload``."""
     hlen = len(header_block)
     head = hpub_head(subject, hlen, hlen + len(payload), reply)

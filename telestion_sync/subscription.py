@@ -116,6 +116,11 @@ class Subscription(MessageContext):
         return self._dropped
 
     @property
+    def error(self) -> Optional[BaseException]:
+        """Why the subscription failed (e.g. a ``PermissionViolationError``), else None."""
+        return self._error
+
+    @property
     def is_valid(self) -> bool:
         """False once unsubscribed, drained, at its limit, failed or the bus closed."""
         return not self._closed and self._error is None

@@ -1,0 +1,166 @@
+"""Per-subject permissions on a real server: what is allowed works, what is denied fails with
+an error a script can act on, and the connection survives every denial."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator, List
+
+import pytest
+
+import telestion_sync as ts
+from telestion_sync.server import NatsServer
+
+pytestmark = pytest.mark.timeout(30)
+
+CONFIG = """
+authorization {
+  users = [
+    { user: ground, password: gpw,
+      permissions: {
+        publish: { allow: ["cmd.>", "telemetry.>", "svc.>", "_INBOX.>"], deny: ["cmd.secret"] },
+        subscribe: { allow: ["telemetry.>", "_INBOX.>", "svc.>", "q.>"], deny: ["telemetry.private"] }
+      } }
+    { user: sat, password: spw,
+      permissions: {
+        publish: { allow: ["telemetry.>", "_INBOX.>"] },
+        subscribe: { allow: ["cmd.>", "svc.>", "_INBOX.>"] }
+      } }
+    { user: noinbox, password: npw,
+      permissions: { publish: { allow: ["svc.>"] }, subscribe: { allow: ["other.>"] } } }
+  ]
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def perm_server() -> Iterator[NatsServer]:
+    with NatsServer(config=CONFIG) as srv:
+        yield srv
+
+
+def test_allowed_operations_work(perm_server: NatsServer) -> None:
+    with (
+        ts.connect(perm_server.url, user="ground", password="gpw") as ground,
+        ts.connect(perm_server.url, user="sat", password="spw") as sat,
+    ):
+        tele = ground.subscribe("telemetry.>")
+        cmds = sat.subscribe("cmd.>")
+        sat.reply("svc.status", lambda msg: {"ok": True})
+        ground.flush()
+        sat.flush()
+        sat.publish("telemetry.temp", {"c": 20})
+        ground.publish("cmd.reboot", {"now": True})
+        assert tele.next_msg(2).data == {"c": 20}
+        assert cmds.next_msg(2).data == {"now": True}
+        assert ground.request("svc.status", timeout=2).data == {"ok": True}
+
+
+def test_denied_publish_is_reported_and_the_connection_survives(perm_server: NatsServer, errors: Any) -> None:
+    with ts.connect(perm_server.url, user="ground", password="gpw", on_error=errors) as bus:
+        sub = bus.subscribe("telemetry.>")
+        bus.flush()
+        bus.publish("cmd.secret", b"x")
+        bus.publish("forbidden.topic", b"x")
+        bus.flush(timeout=2)  # no hang after denied publishes
+        err = errors.wait(ts.PermissionViolationError)
+        assert err.operation == "publish"  # type: ignore[attr-defined]
+        assert err.subject in ("cmd.secret", "forbidden.topic")  # type: ignore[attr-defined]
+        bus.publish("telemetry.ok", b"still here")
+        assert sub.next_msg(2).payload == b"still here"
+        assert bus.is_connected
+
+
+def test_denied_subscribe_fails_the_pull_subscription(perm_server: NatsServer, errors: Any) -> None:
+    with ts.connect(perm_server.url, user="ground", password="gpw", on_error=errors) as bus:
+        denied = bus.subscribe("telemetry.private")
+        fine = bus.subscribe("telemetry.public")
+        bus.flush()
+        with pytest.raises(ts.PermissionViolationError) as info:
+            denied.next_msg(timeout=5)
+        assert info.value.operation == "subscribe"
+        assert info.value.subject == "telemetry.private"
+        assert denied.error is info.value and not denied.is_valid
+        assert fine.is_valid
+        bus.publish("telemetry.public", b"ok")
+        assert fine.next_msg(2).payload == b"ok"
+        errors.wait(ts.PermissionViolationError)
+
+
+def test_denied_queue_subscribe_with_callback_reports_to_the_error_handler(
+    perm_server: NatsServer, errors: Any
+) -> None:
+    with ts.connect(perm_server.url, user="sat", password="spw", on_error=errors) as bus:
+        got: List[Any] = []
+        sub = bus.subscribe("telemetry.x", got.append, queue="workers")
+        bus.flush()
+        err = errors.wait(ts.PermissionViolationError)
+        assert err.operation == "subscribe"  # type: ignore[attr-defined]
+        assert err.queue == "workers"  # type: ignore[attr-defined]
+        assert sub.wait_finished(5)
+        assert sub.error is err
+        assert bus.is_connected
+
+
+def test_request_to_a_denied_subject_fails_with_the_permission_error(perm_server: NatsServer) -> None:
+    with ts.connect(perm_server.url, user="sat", password="spw") as bus:
+        with pytest.raises(ts.PermissionViolationError) as info:
+            bus.request("cmd.reboot", timeout=10)
+        assert info.value.subject == "cmd.reboot"
+
+
+def test_request_without_inbox_permission_fails_with_the_permission_error(
+    perm_server: NatsServer,
+) -> None:
+    with ts.connect(perm_server.url, user="noinbox", password="npw") as bus:
+        with pytest.raises(ts.PermissionViolationError) as info:
+            bus.request("svc.status", timeout=10)
+        assert info.value.operation == "subscribe"
+        with pytest.raises(ts.PermissionViolationError):
+            bus.request("svc.status", timeout=10)  # at once from now on
+
+
+def test_inbox_prefix_lets_restricted_users_make_requests() -> None:
+    config = """
+    authorization {
+      users = [
+        { user: a, password: a, permissions: { publish: ["svc.>"], subscribe: ["_I.a.>"] } }
+        { user: b, password: b, permissions: { publish: ["_I.>"], subscribe: ["svc.>"] } }
+      ]
+    }
+    """
+    with NatsServer(config=config) as srv:
+        with ts.connect(srv.url, user="b", password="b") as responder:
+            responder.reply("svc.hello", lambda msg: "hi")
+            responder.flush()
+            with ts.connect(srv.url, user="a", password="a", inbox_prefix="_I.a") as bus:
+                assert bus.request("svc.hello", timeout=2).data == "hi"
+                assert bus.new_inbox().startswith("_I.a.")
+
+
+def test_authorization_violation_on_reconnect_ends_the_loop() -> None:
+    """A server that starts refusing our credentials after a restart: two refusals from it
+    end the reconnect loop with AuthenticationError as the cause (as nats.go does)."""
+    srv = NatsServer(user="u", password="old").start()
+    closed = threading.Event()
+    try:
+        bus = ts.connect(
+            srv.url,
+            user="u",
+            password="old",
+            reconnect_time_wait=0.05,
+            max_reconnect_attempts=-1,
+            on_close=closed.set,
+        )
+        srv.stop()
+        srv.password = "new"
+        srv.restart()
+        assert closed.wait(10)
+        with pytest.raises(ts.ConnectionClosedError) as info:
+            bus.publish("x", b"")
+        assert bus.is_closed
+        assert isinstance(bus._close_cause, ts.NoServersError)
+        assert isinstance(bus._close_cause.__cause__, ts.AuthenticationError)
+        del info
+    finally:
+        srv.stop()

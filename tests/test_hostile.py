@@ -1,0 +1,147 @@
+"""A hostile or broken server: the reader rejects what it cannot trust with a clear
+ProtocolError, never allocates without bound, and the client reconnects to a sane server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from typing import Any, Iterator, List
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import telestion_sync as ts
+from telestion_sync.server import NatsServer
+
+pytestmark = pytest.mark.timeout(60)
+
+INFO = b"INFO " + json.dumps({"server_id": "hostile", "max_payload": 1048576, "headers": True}).encode()
+
+
+class HostileServer:
+    """Speaks the NATS handshake; on the client's next bytes after it, sends ``payload`` and
+    keeps the socket open (so the bad input arrives on a live connection, not mid-handshake)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.payload = b""
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        try:
+            conn.sendall(INFO + b"\r\n")
+            seen = b""
+            while b"PING\r\n" not in seen:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                seen += data
+            conn.sendall(b"PONG\r\n")
+            if conn.recv(4096):
+                conn.sendall(self.payload)
+            while not self._stop.is_set() and conn.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(2)
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileServer]:
+    h = HostileServer()
+    yield h
+    h.close()
+
+
+def run_against(hostile: HostileServer, good: NatsServer, payload: bytes) -> List[BaseException]:
+    """Connect to the hostile server first, let it send ``payload``; return reported errors after
+    the client has moved to the good server and proven it works."""
+    hostile.payload = payload
+    errors: List[BaseException] = []
+    reconnected = threading.Event()
+    bus = ts.connect(
+        [hostile.url, good.url],
+        randomize=False,
+        reconnect_time_wait=0.05,
+        on_error=errors.append,
+        on_reconnect=reconnected.set,
+    )
+    try:
+        assert bus.connected_url == hostile.url
+        bus.publish("trigger", b"")  # the hostile server answers this with the payload
+        assert reconnected.wait(10), f"no reconnect; errors: {errors}"
+        assert bus.connected_url == good.url
+        sub = bus.subscribe("sane")
+        bus.publish("sane", b"ok")
+        assert sub.next_msg(5).payload == b"ok"
+    finally:
+        bus.close()
+    return errors
+
+
+@pytest.mark.parametrize(
+    "payload, words",
+    [
+        (b"MSG a 1 99999999999\r\n", "limit"),  # a size far over max_payload
+        (b"MSG a 1 -5\r\n", "invalid protocol line"),
+        (b"A" * 200_000, "exceeds"),  # an endless line: rejected after the limit
+        (b"INFO {not json}\r\n", "invalid protocol line"),
+        (b"HMSG a 1 50 10\r\n" + b"x" * 10 + b"\r\n", "invalid protocol line"),
+        (b"MSG a 1 3\r\nabcdef\r\n", "size mismatch"),
+        (b"\x00\xff garbage\r\n", "invalid protocol line"),
+    ],
+)
+def test_hostile_input_is_a_protocol_error_then_a_reconnect(
+    hostile: HostileServer, server: NatsServer, payload: bytes, words: str
+) -> None:
+    errors = run_against(hostile, server, payload)
+    protocol = [e for e in errors if isinstance(e, ts.ProtocolError)]
+    assert protocol, errors
+    assert words in str(protocol[0])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=st.binary(min_size=1, max_size=300).map(lambda b: b + b"\r\n"))
+def test_fuzzed_garbage_never_kills_the_client(
+    hostile: HostileServer, server: NatsServer, junk: bytes
+) -> None:
+    hostile.payload = junk
+    errors: List[Any] = []
+    bus = ts.connect(
+        [hostile.url, server.url], randomize=False, reconnect_time_wait=0.05, on_error=errors.append
+    )
+    try:
+        # Whatever the junk was, the bus is usable: on the hostile server if the junk happened
+        # to be valid protocol, else on the good server after a ProtocolError.
+        assert bus.wait_connected(10)
+        bus.flush(timeout=10)
+        assert all(isinstance(e, ts.Error) for e in errors)
+    finally:
+        bus.close()
+    assert not bus.threads
