@@ -33,6 +33,15 @@ def _looks_like_seed(text: str) -> bool:
     return len(text) >= 50 and text[:1] == "S" and "\n" not in text and "/" not in text
 
 
+def _describe(value: str) -> str:
+    """A value for an error message: a file path is shown, anything else could be a secret."""
+    v = value.strip()
+    looks_like_path = ("/" in v or v.endswith((".creds", ".nk", ".seed", ".txt"))) and not (
+        v.startswith("eyJ") or _looks_like_seed(v) or "-----" in v
+    )
+    return repr(value) if looks_like_path and len(v) < 1024 else "(value not shown: it may be a secret)"
+
+
 def load_seed(value: str) -> bytes:
     """An NKey seed given as the seed itself or as the path of a file that holds it."""
     text = value.strip()
@@ -41,10 +50,12 @@ def load_seed(value: str) -> bytes:
             with open(os.path.expanduser(text)) as f:
                 text = f.read()
         except OSError as exc:
-            raise ConfigError(f"cannot read the NKey seed file {value!r}: {exc.strerror}") from None
+            raise ConfigError(
+                f"nkey_seed is neither a seed nor a readable seed file {_describe(value)}: {exc.strerror}"
+            ) from None
         match = re.search(r"\bS[A-Z2-7]{50,}\b", text)
         if match is None:
-            raise ConfigError(f"the file {value!r} holds no NKey seed")
+            raise ConfigError(f"the seed file {_describe(value)} holds no NKey seed")
         text = match.group(0)
     return text.encode()
 
@@ -57,7 +68,10 @@ def parse_creds(value: str) -> tuple[str, bytes]:
             with open(os.path.expanduser(value)) as f:
                 text = f.read()
         except OSError as exc:
-            raise ConfigError(f"cannot read the creds file {value!r}: {exc.strerror}") from None
+            raise ConfigError(
+                f"creds is neither the text of a .creds file nor a readable file {_describe(value)}: "
+                f"{exc.strerror}"
+            ) from None
     blocks = {name: body.strip() for name, body in _CREDS_BLOCK.findall(text)}
     jwt = next((b for n, b in blocks.items() if "JWT" in n), None)
     seed = next((b for n, b in blocks.items() if "SEED" in n), None)

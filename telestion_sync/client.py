@@ -207,6 +207,7 @@ class MessageBus(Handler):
         self._resp_error: Optional[PermissionViolationError] = None  # the inbox was denied
         self._req_ids = itertools.count(1)
         self._errors = 0  # written by _report_error
+        self._last_server_error: Optional[BaseException] = None
         self._closed = False
         self._close_cause: Optional[BaseException] = None  # why the bus closed itself
         self._close_lock = threading.Lock()
@@ -720,6 +721,7 @@ class MessageBus(Handler):
             wake_all(self._touched)
 
     def _on_server_error(self, err: Error) -> None:
+        self._last_server_error = err
         if isinstance(err, PermissionViolationError):
             self._on_permission_violation(err)
         self._report_error(err)
@@ -743,9 +745,10 @@ class MessageBus(Handler):
                     slot[0].release()
 
     def _on_disconnected(self, err: BaseException) -> None:
-        self._report_error(
-            err if isinstance(err, Error) else ConnectionClosedError(f"connection lost: {err}")
-        )
+        if err is not self._last_server_error:  # the server's -ERR was reported already
+            self._report_error(
+                err if isinstance(err, Error) else ConnectionClosedError(f"connection lost: {err}")
+            )
         self._status_q.put((self._on_disconnect, ()))
 
     def _on_reconnected(self) -> None:

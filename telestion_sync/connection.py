@@ -87,24 +87,33 @@ class ServerAddr:
         return f"ServerAddr({self.url!r})"
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any credentials replaced by ``***`` (for error messages and logs)."""
+    scheme, sep, rest = url.rpartition("://") if "://" in url else ("", "", url)
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
 def parse_server(url: str) -> ServerAddr:
     """Parse ``nats://user:pass@host:port``, ``tls://host``, ``host:port`` or ``host``."""
     if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"server URL must be a non-empty string, not {url!r}")
+        raise ValueError(f"server URL must be a non-empty string, not {type(url).__name__}")
     text = url.strip()
+    shown = redact_url(text)
     if "://" not in text:
         text = "nats://" + text
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme not in ("nats", "tls"):
-        raise ValueError(f"server URL {url!r}: scheme must be nats:// or tls://, not {scheme}://")
+        raise ValueError(f"server URL {shown!r}: scheme must be nats:// or tls://, not {scheme}://")
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise ValueError(f"server URL {url!r} has an invalid port") from None
+        raise ValueError(f"server URL {shown!r} has an invalid port") from None
     host = parts.hostname
     if not host:
-        raise ValueError(f"server URL {url!r} has no host")
+        raise ValueError(f"server URL {shown!r} has no host")
     user = password = token = None
     if parts.username is not None:
         if parts.password is not None:
