@@ -14,6 +14,7 @@ The connection runs on background threads; every method is blocking and thread-s
 from ._version import __version__
 from .client import MessageBus, Stats, connect
 from .codecs import CBORCodec, Codec, JSONCodec, RawCodec
+from .config import Config, load_config
 from .connection import State
 from .errors import (
     AuthenticationError,
@@ -34,6 +35,7 @@ from .errors import (
     TLSError,
 )
 from .message import Message
+from .service import Service, discover_services, start_service
 from .subscription import Subscription, SubscriptionClosedError
 
 __all__ = [
@@ -41,6 +43,11 @@ __all__ = [
     "connect",
     "MessageBus",
     "Stats",
+    "start_service",
+    "Service",
+    "discover_services",
+    "Config",
+    "load_config",
     "State",
     "Message",
     "Subscription",

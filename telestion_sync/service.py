@@ -1,0 +1,328 @@
+"""Telestion services in synchronous Python: ``start_service()``, health, NATS micro discovery.
+
+A Python service started here behaves like the TypeScript and Go ones: the same configuration
+keys and precedence, the same start-up failures, the ``__telestion__.health`` check every
+instance answers, and the ``$SRV.PING|INFO|STATS`` discovery of NATS micro services, so the
+standard ``nats`` tooling lists it.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+import os
+import re
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
+
+from . import codecs as _codecs
+from .client import MessageBus, connect
+from .config import Config, load_config
+from .errors import ConfigError, Error
+from .message import Message
+from .subscription import Subscription
+
+log = logging.getLogger("telestion_sync.service")
+
+HEALTH_SUBJECTS = ("__telestion__.health", "__telestion__/health")
+ERROR_WINDOW = 60.0  # seconds of errors the health check counts
+
+
+class _ErrorWindow:
+    """Counts errors reported in the last ``ERROR_WINDOW`` seconds, then passes them on."""
+
+    def __init__(self, forward: Optional[Callable[[BaseException], Any]]) -> None:
+        self._times: Deque[float] = collections.deque()
+        self._lock = threading.Lock()
+        self._forward = forward
+
+    def __call__(self, err: BaseException) -> None:
+        with self._lock:
+            self._times.append(time.monotonic())
+        if self._forward is not None:
+            self._forward(err)
+        else:
+            log.warning("%s: %s", type(err).__name__, err)
+
+    def recent(self) -> int:
+        cutoff = time.monotonic() - ERROR_WINDOW
+        with self._lock:
+            while self._times and self._times[0] < cutoff:
+                self._times.popleft()
+            return len(self._times)
+
+
+class _EndpointStats:
+    """Per-endpoint counters for ``$SRV.STATS`` (in nanoseconds, as NATS micro reports)."""
+
+    def __init__(self, name: str, subject: str, queue: Optional[str]) -> None:
+        self.name = name
+        self.subject = subject
+        self.queue = queue
+        self.num_requests = 0
+        self.num_errors = 0
+        self.last_error = ""
+        self.processing_time = 0
+        self._lock = threading.Lock()
+
+    def record(self, elapsed_ns: int, error: Optional[str]) -> None:
+        with self._lock:
+            self.num_requests += 1
+            self.processing_time += elapsed_ns
+            if error is not None:
+                self.num_errors += 1
+                self.last_error = error
+
+    def info(self) -> Dict[str, Any]:
+        return {"name": self.name, "subject": self.subject, "queue_group": self.queue, "metadata": {}}
+
+    def stats(self) -> Dict[str, Any]:
+        with self._lock:
+            n = self.num_requests
+            return {
+                "name": self.name,
+                "subject": self.subject,
+                "queue_group": self.queue,
+                "num_requests": n,
+                "num_errors": self.num_errors,
+                "last_error": self.last_error,
+                "processing_time": self.processing_time,
+                "average_processing_time": self.processing_time // n if n else 0,
+            }
+
+
+def _micro_name(service_name: str) -> str:
+    """NATS micro names allow letters, digits, ``-`` and ``_`` only."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", service_name) or "service"
+
+
+class Service:
+    """A started Telestion service: its configuration, data directory and bus.
+
+    ``bus`` (aliases ``nc``, ``message_bus``) is the connected :class:`MessageBus`; with
+    ``nats=False`` it raises :class:`ConfigError` saying NATS is disabled. Use as a context
+    manager, or call :meth:`run_forever` to serve until SIGINT/SIGTERM.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        bus: Optional[MessageBus],
+        errors: _ErrorWindow,
+        *,
+        description: str = "",
+        version: str = "0.0.0",
+    ) -> None:
+        self.config = config
+        self.service_name: str = str(config["SERVICE_NAME"])
+        self.data_dir = Path(str(config["DATA_DIR"])).expanduser().resolve()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"DATA_DIR {str(self.data_dir)!r} cannot be created: {exc.strerror}") from None
+        self._bus = bus
+        self._errors = errors
+        self.id = secrets.token_hex(11)
+        self.description = description
+        self.version = version
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self._endpoints: List[_EndpointStats] = []
+        self._stop = threading.Event()
+        self._closed = False
+        if bus is not None:
+            for subject in HEALTH_SUBJECTS:
+                bus.reply(subject, self._health)  # no queue group: every instance answers
+            self._serve_discovery(bus)
+
+    # --- the bus -----------------------------------------------------------------------------
+
+    @property
+    def bus(self) -> MessageBus:
+        """The connected message bus."""
+        if self._bus is None:
+            raise ConfigError("NATS is disabled for this service (started with nats=False)")
+        return self._bus
+
+    nc = bus
+    message_bus = bus
+
+    @property
+    def nats_enabled(self) -> bool:
+        return self._bus is not None
+
+    @property
+    def recent_errors(self) -> int:
+        """Errors reported to the bus's error handler in the last minute."""
+        return self._errors.recent()
+
+    # --- health and discovery ----------------------------------------------------------------
+
+    def _health(self, msg: Message) -> Dict[str, Any]:
+        return {"errors": self._errors.recent(), "name": self.service_name}
+
+    def _identity(self, kind: str) -> Dict[str, Any]:
+        return {
+            "type": f"io.nats.micro.v1.{kind}_response",
+            "name": _micro_name(self.service_name),
+            "id": self.id,
+            "version": self.version,
+            "metadata": {"telestion.service_name": self.service_name, "lang": "python-sync"},
+        }
+
+    def _ping(self, msg: Message) -> Dict[str, Any]:
+        return self._identity("ping")
+
+    def _info(self, msg: Message) -> Dict[str, Any]:
+        return {
+            **self._identity("info"),
+            "description": self.description,
+            "endpoints": [e.info() for e in self._endpoints],
+        }
+
+    def _stats(self, msg: Message) -> Dict[str, Any]:
+        return {
+            **self._identity("stats"),
+            "started": self.started.isoformat().replace("+00:00", "Z"),
+            "endpoints": [e.stats() for e in self._endpoints],
+        }
+
+    def _serve_discovery(self, bus: MessageBus) -> None:
+        name = _micro_name(self.service_name)
+        for verb, handler in (("PING", self._ping), ("INFO", self._info), ("STATS", self._stats)):
+            for subject in (f"$SRV.{verb}", f"$SRV.{verb}.{name}", f"$SRV.{verb}.{name}.{self.id}"):
+                bus.reply(subject, handler)
+
+    def endpoint(
+        self,
+        subject: str,
+        handler: Callable[[Message], Any],
+        *,
+        name: Optional[str] = None,
+        queue: Optional[str] = None,
+        codec: _codecs.CodecSpec = "auto",
+        schema: Optional[Callable[[Any], Any]] = None,
+    ) -> Subscription:
+        """Serve requests on ``subject`` in the service's queue group (``SERVICE_NAME``, so the
+        instances share the work), with request/error counts and timings in ``$SRV.STATS``."""
+        group = queue or self.service_name
+        stats = _EndpointStats(name or subject, subject, group)
+
+        def timed(msg: Message) -> Any:
+            start = time.perf_counter_ns()
+            try:
+                result = handler(msg)
+            except Exception as exc:
+                stats.record(time.perf_counter_ns() - start, str(exc) or type(exc).__name__)
+                raise
+            stats.record(time.perf_counter_ns() - start, None)
+            return result
+
+        sub = self.bus.reply(subject, timed, queue=group, codec=codec, schema=schema)
+        self._endpoints.append(stats)
+        return sub
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Block until SIGINT or SIGTERM (or :meth:`stop`), then drain and close the bus."""
+        previous: Dict[Any, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: self._stop.set())
+        try:
+            self._stop.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.close(drain=True)
+
+    def stop(self) -> None:
+        """Make :meth:`run_forever` return (from any thread)."""
+        self._stop.set()
+
+    def close(self, drain: bool = False) -> None:
+        """Close the bus (after delivering what is pending when ``drain``); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._bus is not None:
+            if drain and self._bus.is_connected:
+                try:
+                    self._bus.drain(timeout=5)
+                except Error:
+                    self._bus.close()
+            else:
+                self._bus.close()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        nats = repr(self._bus) if self._bus is not None else "NATS disabled"
+        return f"<Service {self.service_name!r} data_dir={str(self.data_dir)!r} {nats}>"
+
+
+def start_service(
+    *,
+    nats: bool = True,
+    argv: Optional[Sequence[str]] = None,
+    env: Optional[Mapping[str, str]] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+    description: str = "",
+    version: str = "0.0.0",
+    **connect_options: Any,
+) -> Service:
+    """Start a Telestion service: load and validate the configuration, create ``DATA_DIR``,
+    connect to ``NATS_URL`` with ``NATS_USER``/``NATS_PASSWORD``, answer health checks.
+
+    ``argv`` defaults to ``sys.argv[1:]`` and ``env`` to ``os.environ``. Start-up fails fast:
+    :class:`ConfigError` for missing or unusable configuration, :class:`NoServersError` when the
+    server is offline, :class:`AuthenticationError` for wrong credentials. Extra keyword
+    arguments go to :func:`connect` (e.g. ``connect_timeout``, ``on_error``).
+    """
+    config = load_config(argv, env, overrides)
+    errors = _ErrorWindow(connect_options.pop("on_error", None))
+    bus = None
+    if nats:
+        connect_options.setdefault("name", str(config["SERVICE_NAME"]))
+        if config.get("NATS_USER") is not None:
+            connect_options.setdefault("user", str(config["NATS_USER"]))
+        if config.get("NATS_PASSWORD") is not None:
+            connect_options.setdefault("password", str(config["NATS_PASSWORD"]))
+        bus = connect(str(config["NATS_URL"]), on_error=errors, **connect_options)
+    try:
+        service = Service(config, bus, errors, description=description, version=version)
+    except BaseException:
+        if bus is not None:
+            bus.close()
+        raise
+    log.info(
+        "service %s started (pid %d)%s", service.service_name, os.getpid(), "" if bus else " without NATS"
+    )
+    return service
+
+
+def discover_services(bus: MessageBus, timeout: float = 0.5) -> List[Dict[str, Any]]:
+    """Every Telestion service that answers the health check within ``timeout`` seconds, as
+    ``{"name": ..., "errors": ...}`` dicts sorted by name."""
+    found = []
+    for msg in bus.request_many(HEALTH_SUBJECTS[0], timeout=timeout):
+        try:
+            data = msg.data
+        except Error:
+            continue
+        if isinstance(data, dict) and "name" in data:
+            found.append(data)
+    return sorted(found, key=lambda d: str(d.get("name")))
+
+
+__all__ = ["Service", "start_service", "discover_services", "HEALTH_SUBJECTS"]
