@@ -51,7 +51,10 @@ class Config(Mapping[str, Any]):
     config file may add other JSON values."""
 
     def __init__(self, values: Mapping[str, Any]) -> None:
-        self._values = dict(values)
+        object.__setattr__(self, "_values", dict(values))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"the service configuration is read-only (cannot set {key!r})")
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]

@@ -109,42 +109,18 @@ class Parser:
             if c == 77 or c == 72:  # 'M' or 'H': the hot path, MSG and HMSG
                 args = data[pos:end].split()
                 op = args[0]
-                nargs = len(args)
-                if op == b"MSG":
+                # MSG <subject> <sid> [reply] <size>; HMSG adds <header size> before <size>.
+                hmsg = op == b"HMSG"
+                if hmsg or op == b"MSG":
+                    nargs = len(args) - hmsg
                     if nargs == 4:
                         reply = None
-                        size_b = args[3]
                     elif nargs == 5:
                         reply = args[3]
-                        size_b = args[4]
                     else:
                         raise _bad_line(data[pos:end])
-                    size = self._size(size_b, data, pos, end)
-                    start = end + 2
-                    stop = start + size
-                    if stop + 2 > n:
-                        self._need = stop + 2 - pos
-                        break
-                    if data[stop : stop + 2] != b"\r\n":
-                        raise ProtocolError("message payload not followed by CRLF (size mismatch)")
-                    try:
-                        sid = int(args[2])
-                    except ValueError:
-                        raise _bad_line(data[pos:end]) from None
-                    append((MSG, args[1], sid, reply, data[start:stop], None))
-                    pos = stop + 2
-                    continue
-                if op == b"HMSG":
-                    if nargs == 5:
-                        reply = None
-                        hsize_b, size_b = args[3], args[4]
-                    elif nargs == 6:
-                        reply = args[3]
-                        hsize_b, size_b = args[4], args[5]
-                    else:
-                        raise _bad_line(data[pos:end])
-                    size = self._size(size_b, data, pos, end)
-                    hsize = self._size(hsize_b, data, pos, end)
+                    size = self._size(args[-1], data, pos, end)
+                    hsize = self._size(args[-2], data, pos, end) if hmsg else 0
                     if hsize > size:
                         raise _bad_line(data[pos:end])
                     start = end + 2
@@ -158,9 +134,19 @@ class Parser:
                         sid = int(args[2])
                     except ValueError:
                         raise _bad_line(data[pos:end]) from None
-                    append(
-                        (HMSG, args[1], sid, reply, data[start + hsize : stop], data[start : start + hsize])
-                    )
+                    if hmsg:
+                        append(
+                            (
+                                HMSG,
+                                args[1],
+                                sid,
+                                reply,
+                                data[start + hsize : stop],
+                                data[start : start + hsize],
+                            )
+                        )
+                    else:
+                        append((MSG, args[1], sid, reply, data[start:stop], None))
                     pos = stop + 2
                     continue
             line = data[pos:end]

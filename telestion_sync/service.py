@@ -93,7 +93,18 @@ class _EndpointStats:
                 "last_error": self.last_error,
                 "processing_time": self.processing_time,
                 "average_processing_time": self.processing_time // n if n else 0,
+                "data": None,
             }
+
+
+def make_data_dir(config: Mapping[str, Any]) -> Path:
+    """``DATA_DIR`` as an absolute path, created if missing (ConfigError when it cannot be)."""
+    path = Path(str(config["DATA_DIR"])).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"DATA_DIR {str(path)!r} cannot be created: {exc.strerror}") from None
+    return path
 
 
 def _micro_name(service_name: str) -> str:
@@ -120,11 +131,7 @@ class Service:
     ) -> None:
         self.config = config
         self.service_name: str = str(config["SERVICE_NAME"])
-        self.data_dir = Path(str(config["DATA_DIR"])).expanduser().resolve()
-        try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"DATA_DIR {str(self.data_dir)!r} cannot be created: {exc.strerror}") from None
+        self.data_dir = make_data_dir(config)
         self._bus = bus
         self._errors = errors
         self.id = secrets.token_hex(11)
@@ -138,6 +145,7 @@ class Service:
             for subject in HEALTH_SUBJECTS:
                 bus.reply(subject, self._health)  # no queue group: every instance answers
             self._serve_discovery(bus)
+            bus.flush()  # started means: the server knows our subscriptions
 
     # --- the bus -----------------------------------------------------------------------------
 
@@ -187,7 +195,7 @@ class Service:
     def _stats(self, msg: Message) -> Dict[str, Any]:
         return {
             **self._identity("stats"),
-            "started": self.started.isoformat().replace("+00:00", "Z"),
+            "started": self.started.isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "endpoints": [e.stats() for e in self._endpoints],
         }
 
@@ -224,6 +232,7 @@ class Service:
 
         sub = self.bus.reply(subject, timed, queue=group, codec=codec, schema=schema)
         self._endpoints.append(stats)
+        self.bus.flush()  # requests sent after this returns find the endpoint
         return sub
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -290,6 +299,7 @@ def start_service(
     arguments go to :func:`connect` (e.g. ``connect_timeout``, ``on_error``).
     """
     config = load_config(argv, env, overrides)
+    make_data_dir(config)  # a bad DATA_DIR fails before connecting, not hidden by a dead server
     errors = _ErrorWindow(connect_options.pop("on_error", None))
     bus = None
     if nats:
