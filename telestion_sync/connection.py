@@ -10,6 +10,7 @@ password fails ``connect()`` at once instead of on the first publish.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 import random
 import socket
@@ -85,6 +86,14 @@ class ServerAddr:
 
     def __repr__(self) -> str:  # never show secrets
         return f"ServerAddr({self.url!r})"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def redact_url(url: str) -> str:
@@ -339,7 +348,7 @@ class Connection:
         last: Optional[BaseException] = None
         for srv in list(self._pool):
             try:
-                sock, parser, info, early = self._handshake(srv.addr)
+                sock, parser, info, early = self._handshake(srv.addr, self._tls_name(srv))
             except (AuthenticationError, TLSError, ConfigError):
                 raise  # wrong configuration: no other server will fix it
             except (OSError, TimeoutError, ProtocolError, Error) as exc:
@@ -361,7 +370,7 @@ class Connection:
             return
         raise error
 
-    def _handshake(self, addr: ServerAddr) -> Any:
+    def _handshake(self, addr: ServerAddr, tls_name: str) -> Any:
         deadline = time.monotonic() + self.connect_timeout
         sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
         self._connecting_sock = sock
@@ -371,7 +380,7 @@ class Connection:
             if ctx is None and addr.scheme == "tls":
                 ctx = ssl.create_default_context()
             if ctx is not None and self._tls_handshake_first:
-                sock = self._wrap(ctx, sock, addr, deadline)
+                sock = self._wrap(ctx, sock, addr, deadline, tls_name)
             parser = Parser()
             events: List[Event] = []
             try:
@@ -392,7 +401,7 @@ class Connection:
             if ctx is not None and not self._tls_handshake_first:
                 if not (info.get("tls_required") or info.get("tls_available")):
                     raise TLSError(f"TLS was asked for, but server {addr.url} does not offer TLS")
-                sock = self._wrap(ctx, sock, addr, deadline)
+                sock = self._wrap(ctx, sock, addr, deadline, tls_name)
             fields = self._connect_options(addr, ctx is not None, info.get("nonce"))
             sock.sendall(encode_connect(fields) + PING_FRAME)
             self._read_until(sock, parser, events, deadline, PONG, addr)
@@ -415,8 +424,21 @@ class Connection:
         finally:
             self._connecting_sock = None
 
-    def _wrap(self, ctx: ssl.SSLContext, sock: socket.socket, addr: ServerAddr, deadline: float) -> Any:
-        host = self._tls_hostname or addr.host
+    def _tls_name(self, srv: _Server) -> str:
+        """The name a server's certificate is checked against: ``tls_hostname`` when given;
+        for a discovered server announced by IP address, the host name of a server the user
+        gave (as nats.go does), since cluster certificates name hosts, not addresses."""
+        if self._tls_hostname:
+            return self._tls_hostname
+        if srv.discovered and _is_ip(srv.addr.host):
+            for s in self._pool:
+                if not s.discovered and not _is_ip(s.addr.host):
+                    return s.addr.host
+        return srv.addr.host
+
+    def _wrap(
+        self, ctx: ssl.SSLContext, sock: socket.socket, addr: ServerAddr, deadline: float, host: str
+    ) -> Any:
         sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             tls_sock = ctx.wrap_socket(sock, server_hostname=host)
@@ -425,7 +447,11 @@ class Connection:
                 f"the TLS certificate of {host} ({addr.url}) is not trusted: {exc.verify_message}"
             ) from None
         except ssl.SSLError as exc:
-            raise TLSError(f"TLS handshake with {host} ({addr.url}) failed: {exc.reason or exc}") from None
+            reason = str(exc.reason or exc)
+            hint = ""
+            if "HANDSHAKE_FAILURE" in reason.upper() or "CERTIFICATE" in reason.upper():
+                hint = "; does the server require a client certificate (tls_cert_file, tls_key_file)?"
+            raise TLSError(f"TLS handshake with {host} ({addr.url}) failed: {reason}{hint}") from None
         self._connecting_sock = tls_sock
         return tls_sock
 
@@ -847,7 +873,7 @@ class Connection:
             srv.attempts += 1
             srv.last_attempt = time.monotonic()
             try:
-                sock, parser, info, early = self._handshake(srv.addr)
+                sock, parser, info, early = self._handshake(srv.addr, self._tls_name(srv))
             except AuthenticationError as exc:
                 last = exc
                 srv.auth_errors += 1
