@@ -357,7 +357,7 @@ class MessageBus(Handler):
             sb = self._pub_subjects.get(subject)
             conn = self._conn
             n = len(data)
-            if sb is not None and n <= LARGE_PAYLOAD and n <= conn.max_payload:
+            if sb is not None and n <= conn.inline_max:
                 frame = b"PUB %s %d\r\n%s\r\n" % (sb, n, data)
                 with conn._wlock:
                     if conn.connected:

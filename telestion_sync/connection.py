@@ -41,6 +41,7 @@ from .errors import (
 from .protocol import (
     ERR,
     INFO,
+    LARGE_PAYLOAD,
     OK,
     PING,
     PING_FRAME,
@@ -291,6 +292,9 @@ class Connection:
 
         self.info: Dict[str, Any] = {}
         self.max_payload = 1024 * 1024
+        # Payloads up to this size take the publish fast path: small enough for %-formatting
+        # and within the server's max_payload (one comparison instead of two per publish).
+        self.inline_max = min(LARGE_PAYLOAD, self.max_payload)
         self._link: Optional[_Link] = None
         self._connecting_sock: Optional[socket.socket] = None
 
@@ -519,6 +523,7 @@ class Connection:
         self._link = link
         self.info = info
         self.max_payload = int(info.get("max_payload") or self.max_payload)
+        self.inline_max = min(LARGE_PAYLOAD, self.max_payload)
         srv.attempts = 0
         srv.auth_errors = 0
         self._pings_out = 0

@@ -28,6 +28,7 @@ DEFAULT_PENDING_MSGS_LIMIT = 512 * 1024
 DEFAULT_PENDING_BYTES_LIMIT = 64 * 1024 * 1024
 
 Callback = Callable[[Message], Any]
+_COND_LOCK = threading.Lock()  # guards the lazy creation of subscriptions' conditions
 
 
 class SubscriptionClosedError(ConnectionClosedError):
@@ -66,7 +67,10 @@ class Subscription(MessageContext):
         self.pending_msgs_limit = pending_msgs_limit
         self.pending_bytes_limit = pending_bytes_limit
         self._queue: Deque[Message] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        # Made on first need (a pull subscription that never waits never pays for it); a
+        # waiter creates it before it looks at the queue, a closer sets _closed before it looks
+        # for it, so no wake-up is lost.
+        self._cond: Optional[threading.Condition] = None
         self._waiting = False  # consumer is (about to be) blocked in wait(); read by the reader
         self._touched = False  # already in the reader's wake list for this batch
         # Counters written by exactly one thread each, so no lock is needed.
@@ -88,6 +92,7 @@ class Subscription(MessageContext):
         self._eager = schema is not None or codec is not _codecs.AUTO and codec is not _codecs.RAW
         self.on_decode_error: Optional[Callable[[Message, DecodeError], None]] = None
         if callback is not None:
+            self._get_cond()
             self._thread = threading.Thread(
                 target=self._run, name=f"telestion_sync-sub-{sid}-{subject}", daemon=True
             )
@@ -147,12 +152,26 @@ class Subscription(MessageContext):
             self._closed = True
         return True
 
+    def _get_cond(self) -> threading.Condition:
+        cond = self._cond
+        if cond is None:
+            with _COND_LOCK:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition(threading.Lock())
+        return cond
+
+    def _notify(self) -> None:
+        cond = self._cond
+        if cond is not None:
+            with cond:
+                cond.notify_all()
+
     def _wake(self) -> None:
         """Called once per read batch; wakes a consumer blocked in wait()."""
         self._touched = False
         if self._waiting or self._closed:
-            with self._cond:
-                self._cond.notify_all()
+            self._notify()
 
     # --- consumer side -----------------------------------------------------------------------
 
@@ -164,7 +183,8 @@ class Subscription(MessageContext):
         except IndexError:
             pass
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        cond = self._get_cond()
+        with cond:
             while True:
                 self._waiting = True
                 try:
@@ -173,12 +193,12 @@ class Subscription(MessageContext):
                     if self._closed or self._error is not None:
                         return None
                     if deadline is None:
-                        self._cond.wait()
+                        cond.wait()
                     else:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             raise TimeoutError(f"no message on {self.subject!r} within {timeout} s")
-                        self._cond.wait(left)
+                        cond.wait(left)
                 finally:
                     self._waiting = False
 
@@ -285,20 +305,19 @@ class Subscription(MessageContext):
         if error is not None and self._error is None:
             self._error = error
         self._closed = True
-        with self._cond:
-            self._cond.notify_all()
+        self._notify()
         if self._callback is None and not self._queue:
             self._finish()
 
     def _finish(self) -> None:
-        with self._cond:
-            self._finished = True
-            self._cond.notify_all()
+        self._finished = True
+        self._notify()
 
     def wait_finished(self, timeout: Optional[float]) -> bool:
         """Block until the subscription ended and everything pending was delivered."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._finished, timeout)
+        cond = self._get_cond()
+        with cond:
+            return cond.wait_for(lambda: self._finished, timeout)
 
     def _join(self, timeout: float) -> None:
         t = self._thread
