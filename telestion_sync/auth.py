@@ -1,4 +1,4 @@
-"""Credentials for CONNECT: user/password, token, NKey seed, JWT creds; and TLS contexts.
+"""Credentials for CONNECT: user/password, token, NKey seed, JWT creds.
 
 Every secret may be a callable returning it, called at each (re)connect, so it can come from a
 vault and be rotated. Secrets are resolved only while building the CONNECT frame and never kept
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import ssl
 from typing import Any, Callable, Dict, Optional, Union
 
 from .errors import AuthenticationError, ConfigError
@@ -161,45 +160,3 @@ class Credentials:
             if v is not None
         ]
         return f"<Credentials {', '.join(kinds) or 'none'} (secrets hidden)>"
-
-
-def tls_context(
-    tls: Union[bool, ssl.SSLContext, None],
-    ca_file: Optional[str] = None,
-    cert_file: Optional[str] = None,
-    key_file: Optional[str] = None,
-    implied: bool = False,
-) -> Optional[ssl.SSLContext]:
-    """The SSL context to use, or None for plain TCP (a ``tls://`` URL still turns TLS on).
-
-    An ``SSLContext`` is used as given; otherwise the CA file (default: the system's CAs) and
-    an optional client certificate for mutual TLS make one. Any TLS option (or ``implied``, for
-    ``tls_hostname``/``tls_handshake_first``) turns TLS on.
-    """
-    if isinstance(tls, ssl.SSLContext):
-        return tls
-    if tls is False:
-        if ca_file or cert_file or key_file or implied:
-            raise ConfigError("tls=False contradicts the other tls_* options")
-        return None
-    if not tls and not (ca_file or cert_file or key_file or implied):
-        return None
-    try:
-        ctx = ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"tls_ca_file {ca_file!r} is not a usable CA file: {_reason(exc)}") from None
-    if cert_file:
-        try:
-            ctx.load_cert_chain(cert_file, key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"tls_cert_file {cert_file!r} / tls_key_file {key_file!r} are not a usable client "
-                f"certificate and key: {_reason(exc)}"
-            ) from None
-    elif key_file:
-        raise ConfigError("tls_key_file needs tls_cert_file (the client certificate)")
-    return ctx
-
-
-def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)

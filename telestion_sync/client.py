@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import codecs as _codecs
-from .auth import Credentials, Secret, tls_context
+from .auth import Credentials, Secret
 from .connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_OUTSTANDING_PINGS,
@@ -74,6 +74,7 @@ from .subscription import (
     Subscription,
     wake_all,
 )
+from .tls import tls_context
 
 log = logging.getLogger("telestion_sync.client")
 

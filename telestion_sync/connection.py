@@ -51,6 +51,7 @@ from .protocol import (
     Parser,
     encode_connect,
 )
+from .tls import TLSStream
 
 log = logging.getLogger("telestion_sync.connection")
 
@@ -443,9 +444,9 @@ class Connection:
     def _wrap(
         self, ctx: ssl.SSLContext, sock: socket.socket, addr: ServerAddr, deadline: float, host: str
     ) -> Any:
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        stream = TLSStream(sock, ctx, host)
         try:
-            tls_sock = ctx.wrap_socket(sock, server_hostname=host)
+            stream.handshake(deadline)
         except ssl.SSLCertVerificationError as exc:
             raise TLSError(
                 f"the TLS certificate of {host} ({addr.url}) is not trusted: {exc.verify_message}"
@@ -456,8 +457,7 @@ class Connection:
             if "HANDSHAKE_FAILURE" in reason.upper() or "CERTIFICATE" in reason.upper():
                 hint = "; does the server require a client certificate (tls_cert_file, tls_key_file)?"
             raise TLSError(f"TLS handshake with {host} ({addr.url}) failed: {reason}{hint}") from None
-        self._connecting_sock = tls_sock
-        return tls_sock
+        return stream
 
     def _connect_options(self, addr: ServerAddr, use_tls: bool, nonce: Optional[str]) -> Dict[str, Any]:
         options: Dict[str, Any] = {
