@@ -41,17 +41,20 @@ def _describe(value: str) -> str:
     return repr(value) if looks_like_path and len(v) < 1024 else "(value not shown: it may be a secret)"
 
 
+def _read_file(value: str, problem: str) -> str:
+    """The text of the file named by ``value``; ConfigError saying ``problem`` when unreadable."""
+    try:
+        with open(os.path.expanduser(value.strip())) as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{problem} {_describe(value)}: {exc.strerror}") from None
+
+
 def load_seed(value: str) -> bytes:
     """An NKey seed given as the seed itself or as the path of a file that holds it."""
     text = value.strip()
     if not _looks_like_seed(text):
-        try:
-            with open(os.path.expanduser(text)) as f:
-                text = f.read()
-        except OSError as exc:
-            raise ConfigError(
-                f"nkey_seed is neither a seed nor a readable seed file {_describe(value)}: {exc.strerror}"
-            ) from None
+        text = _read_file(value, "nkey_seed is neither a seed nor a readable seed file")
         match = re.search(r"\bS[A-Z2-7]{50,}\b", text)
         if match is None:
             raise ConfigError(f"the seed file {_describe(value)} holds no NKey seed")
@@ -63,14 +66,7 @@ def parse_creds(value: str) -> tuple[str, bytes]:
     """``(jwt, seed)`` from a ``.creds`` file's text or path (nsc's format)."""
     text = value
     if "-----BEGIN" not in text:
-        try:
-            with open(os.path.expanduser(value)) as f:
-                text = f.read()
-        except OSError as exc:
-            raise ConfigError(
-                f"creds is neither the text of a .creds file nor a readable file {_describe(value)}: "
-                f"{exc.strerror}"
-            ) from None
+        text = _read_file(value, "creds is neither the text of a .creds file nor a readable file")
     blocks = {name: body.strip() for name, body in _CREDS_BLOCK.findall(text)}
     jwt = next((b for n, b in blocks.items() if "JWT" in n), None)
     seed = next((b for n, b in blocks.items() if "SEED" in n), None)
