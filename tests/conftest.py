@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Iterator, List
+import time
+from typing import Callable, Iterator, List
 
 import pytest
 
@@ -23,6 +24,15 @@ def auth_server() -> Iterator[NatsServer]:
     """A nats-server that requires user ``alice`` with password ``s3cret``."""
     with NatsServer(user="alice", password="s3cret") as srv:
         yield srv
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` (for state no event announces, e.g. a request registered inside the
+    library) until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
+        time.sleep(0.005)
 
 
 class ErrorLog:

@@ -14,6 +14,8 @@ import pytest
 import telestion_sync as ts
 from telestion_sync.server import NatsServer, free_port
 
+from .conftest import wait_until
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -486,8 +488,7 @@ def test_close_wakes_blocked_calls(server: NatsServer) -> None:
     threads = [threading.Thread(target=blocked_request), threading.Thread(target=blocked_pull)]
     for t in threads:
         t.start()
-    while not bus._resp_map:  # the request is registered
-        time.sleep(0.005)
+    wait_until(lambda: bool(bus._resp_map), what="the request registered")
     bus.close()
     for t in threads:
         t.join(5)

@@ -14,6 +14,7 @@ import pytest
 import telestion_sync as ts
 from telestion_sync.server import NatsCluster, NatsServer
 
+from .conftest import wait_until
 from .proxy import TCPProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -256,8 +257,7 @@ def test_slow_consumer_drops_then_resumes(server: NatsServer, errors: Any) -> No
         bus.publish("healthy", b"ok")
         assert healthy.next_msg(2).payload == b"ok"
         # once the queue has room again, delivery resumes
-        while sub.pending:
-            time.sleep(0.01)
+        wait_until(lambda: sub.pending == 0, timeout=20, what="the pending queue drained")
         bus.publish("flood", b"99999")
         assert resumed.wait(5)
         assert delivered == sorted(delivered)
@@ -412,8 +412,7 @@ def test_requests_while_disconnected_wait_for_the_reconnect() -> None:
         result: List[Any] = []
         t = threading.Thread(target=lambda: result.append(bus.request("wait.echo", 1, timeout=10)))
         t.start()
-        while not bus._resp_map:  # the request is waiting in the reconnect buffer
-            time.sleep(0.005)
+        wait_until(lambda: bool(bus._resp_map), what="the request registered")
         srv.restart()
         t.join(15)
         assert result and result[0].data == 1
