@@ -136,16 +136,20 @@ class NatsServer:
                     f"nats-server exited with {self.proc.returncode}: {err.strip()}\n{self.read_log()}"
                 )
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
-                    s.settimeout(0.5)
-                    if s.recv(4).startswith(b"INFO"):
-                        return self
+                if self._accepts_clients():
+                    return self
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"nats-server did not start on {self.url} within {timeout} s")
             time.sleep(0.02)
+
+    def _accepts_clients(self) -> bool:
+        """Whether a client connecting now is greeted with INFO (override for TLS-first)."""
+        with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+            s.settimeout(0.5)
+            return s.recv(4).startswith(b"INFO")
 
     def read_log(self) -> str:
         """The server's log so far (for failure messages)."""

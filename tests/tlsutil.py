@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import subprocess
 import time
 from typing import Any, Dict, List, Optional
 
@@ -137,27 +136,9 @@ class TLSFirstServer(NatsServer):
 
     client_context: Optional[ssl.SSLContext] = None
 
-    def start(self, timeout: float = 10.0) -> NatsServer:
-        if self.proc is not None and self.proc.poll() is None:
-            return self
+    def _accepts_clients(self) -> bool:
         assert self.client_context is not None
-        self.proc = subprocess.Popen(
-            self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}: {err.strip()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5) as raw:
-                    raw.settimeout(0.5)
-                    with self.client_context.wrap_socket(raw, server_hostname=self.host) as s:
-                        if s.recv(4).startswith(b"INFO"):
-                            return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"nats-server (handshake_first) did not start on {self.url}")
-            time.sleep(0.02)
+        with socket.create_connection((self.host, self.port), timeout=0.5) as raw:
+            raw.settimeout(0.5)
+            with self.client_context.wrap_socket(raw, server_hostname=self.host) as s:
+                return s.recv(4).startswith(b"INFO")
