@@ -220,6 +220,51 @@ def test_large_payloads_and_heavy_two_way_traffic_over_tls(
         assert got == list(range(n))
 
 
+def test_reading_and_writing_threads_share_a_fresh_tls_connection(
+    tls_files: TLSFiles, tls_server: NatsServer
+) -> None:
+    """Right after the handshake the reader thread decrypts (TLS 1.3 session tickets, echoed
+    messages) while publisher threads make the writer encrypt: one OpenSSL object used by two
+    threads at once corrupts the stream (spurious EOF, bad record MAC, even crashes). Thirty fresh
+    connections, none may drop and every message must come back."""
+    for round_ in range(30):
+        bus = ts.connect(tls_url(tls_server), tls_ca_file=tls_files.ca_file, allow_reconnect=False)
+        try:
+            _publish_while_reading(bus, f"connection {round_}")
+        finally:
+            bus.close()
+
+
+def _publish_while_reading(bus: ts.MessageBus, label: str, n_threads: int = 3, per_thread: int = 100) -> None:
+    failures: List[BaseException] = []
+    got: List[bytes] = []
+    done = threading.Event()
+
+    def cb(msg: ts.Message) -> None:
+        got.append(msg.payload)
+        if len(got) == n_threads * per_thread:
+            done.set()
+
+    def publish(k: int) -> None:
+        try:
+            for i in range(per_thread):
+                bus.publish("tls.fresh", b"%d.%d" % (k, i))
+                time.sleep(0)
+        except Exception as exc:  # reported below
+            failures.append(exc)
+
+    bus.subscribe("tls.fresh", cb)
+    threads = [threading.Thread(target=publish, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    arrived = done.wait(5)
+    assert not failures, f"{label}: {failures[0]!r}"
+    assert bus.is_connected, f"{label}: the connection dropped ({bus.status})"
+    assert arrived, f"{label}: {len(got)} of {n_threads * per_thread} messages came back"
+
+
 def test_close_over_tls_stops_every_thread(tls_files: TLSFiles, tls_server: NatsServer) -> None:
     bus = ts.connect(tls_url(tls_server), tls_ca_file=tls_files.ca_file)
     bus.subscribe("a", lambda m: None)
