@@ -23,7 +23,6 @@ from .message import Message
 from .service import discover_services
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 

@@ -98,6 +98,11 @@ class Stats:
     errors: int
 
 
+def log_error(err: BaseException) -> None:
+    """What happens to a reported error when no ``on_error`` handler was given."""
+    log.warning("%s: %s", type(err).__name__, err)
+
+
 _live_buses: weakref.WeakSet[MessageBus] = weakref.WeakSet()
 
 
@@ -323,7 +328,6 @@ class MessageBus(Handler):
         subs = list(self._subs.values())
         try:
             for sub in subs:
-                sub._draining = True
                 self._conn.write_control(encode_unsub(sub.sid))
             self.flush(timeout)
             for sub in subs:
@@ -794,10 +798,7 @@ class MessageBus(Handler):
         self._status_q.put((self._deliver_error, (err,)))
 
     def _deliver_error(self, err: BaseException) -> None:
-        if self._on_error is not None:
-            self._on_error(err)
-        else:
-            log.warning("%s: %s", type(err).__name__, err)
+        (self._on_error or log_error)(err)
 
     def _status_loop(self) -> None:
         while True:

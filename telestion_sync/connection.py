@@ -623,11 +623,6 @@ class Connection:
                 self._writer_waiting = False
                 self._wcond.notify()
 
-    def _not_writable(self) -> None:
-        if self.closed:
-            raise ConnectionClosedError("the connection is closed")
-        raise ConnectionClosedError("not connected to a server: nothing can be sent")
-
     def _take(self) -> bytearray:
         """Take the whole write buffer for sending (called with _wlock held)."""
         data = self._wbuf
@@ -811,10 +806,8 @@ class Connection:
             self._pings_out = 0
             cause = link.last_error or exc
             self.last_error = cause
-            if self.allow_reconnect:
-                self._set_state(State.RECONNECTING)
-            else:
-                self._set_state(State.CONNECTING)
+            # Without reconnects the client closes the bus right after this.
+            self._set_state(State.RECONNECTING if self.allow_reconnect else State.CLOSED)
             self._wcond.notify_all()
         self._shutdown(link.sock)
         for w in gone:

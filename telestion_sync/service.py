@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 from . import codecs as _codecs
-from .client import MessageBus, connect
+from .client import MessageBus, connect, log_error
 from .config import Config, load_config
 from .errors import ConfigError, Error
 from .message import Message
@@ -44,10 +44,7 @@ class _ErrorWindow:
     def __call__(self, err: BaseException) -> None:
         with self._lock:
             self._times.append(time.monotonic())
-        if self._forward is not None:
-            self._forward(err)
-        else:
-            log.warning("%s: %s", type(err).__name__, err)
+        (self._forward or log_error)(err)
 
     def recent(self) -> int:
         cutoff = time.monotonic() - ERROR_WINDOW

@@ -83,7 +83,6 @@ class Subscription(MessageContext):
         self._max: Optional[int] = None
         self._sub_frame = b""  # the SUB frame, replayed on reconnect
         self._closed = False  # no more messages will be queued
-        self._draining = False
         self._error: Optional[BaseException] = None  # why it failed, raised by next_msg
         self._thread: Optional[threading.Thread] = None
         self._finished = False  # closed and everything pending delivered (under _cond)
@@ -293,7 +292,6 @@ class Subscription(MessageContext):
         subscription keeps its queue for ``next_msg`` and returns at once).
         """
         if not self._closed:
-            self._draining = True
             self._bus._drain_sub(self, timeout)
             self._close()
         if self._callback is not None and self._thread is not threading.current_thread():

@@ -294,7 +294,7 @@ def test_many_threads_through_a_restart() -> None:
         threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
         for th in threads:
             th.start()
-        time.sleep(0.3)
+        wait_until(lambda: sum(outcomes.values()) >= 400, what="traffic before the kill")
         srv.kill()
         time.sleep(0.3)
         srv.restart()
