@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable, Iterator, List
 
 import pytest
+from hypothesis import settings
 
 import telestion_sync as ts
 from telestion_sync.server import NatsServer
+
+# CI (HYPOTHESIS_PROFILE=ci, set by .ci/run) replays the same examples on every run, so a red CI
+# always reproduces; local runs keep exploring new random inputs.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import threading
 from typing import Any, Iterator, List
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import telestion_sync as ts
@@ -21,8 +21,9 @@ INFO = b"INFO " + json.dumps({"server_id": "hostile", "max_payload": 1048576, "h
 
 
 class HostileServer:
-    """Speaks the NATS handshake; on the client's next bytes after it, sends ``payload`` and
-    keeps the socket open (so the bad input arrives on a live connection, not mid-handshake)."""
+    """Speaks the NATS handshake; on the client's next bytes after it, sends ``payload``, then
+    keeps the socket open and answers PINGs (so the bad input arrives on a live connection, not
+    mid-handshake, and valid "junk" leaves a working server behind)."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -57,10 +58,21 @@ class HostileServer:
                     return
                 seen += data
             conn.sendall(b"PONG\r\n")
-            if conn.recv(4096):
-                conn.sendall(self.payload)
-            while not self._stop.is_set() and conn.recv(4096):
-                pass
+            seen = conn.recv(4096)
+            if not seen:
+                return
+            conn.sendall(self.payload)
+            # Then answer PINGs like a server would: when the junk happened to be valid protocol
+            # the client stays here, and its flush() must not wait on a server that went mute.
+            while not self._stop.is_set():
+                pings = seen.count(b"PING\r\n")
+                if pings:
+                    conn.sendall(b"PONG\r\n" * pings)
+                seen = seen[seen.rfind(b"\r\n") + 2 :] if b"\r\n" in seen else seen
+                data = conn.recv(4096)
+                if not data:
+                    return
+                seen += data
         except OSError:
             pass
         finally:
@@ -128,6 +140,10 @@ def test_hostile_input_is_a_protocol_error_then_a_reconnect(
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(junk=st.binary(min_size=1, max_size=300).map(lambda b: b + b"\r\n"))
+@example(junk=b"+OK\r\n")  # valid protocol: the client stays on the hostile server
+@example(junk=b"PING\r\n")
+@example(junk=b"PONG\r\n")  # an unsolicited PONG
+@example(junk=b"-ERR 'Unknown Protocol Operation'\r\n")
 def test_fuzzed_garbage_never_kills_the_client(
     hostile: HostileServer, server: NatsServer, junk: bytes
 ) -> None:
