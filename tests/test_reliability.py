@@ -202,6 +202,8 @@ def test_lame_duck_mode_moves_the_client(cluster: NatsCluster) -> None:
         assert sub.next_msg(5).payload == b"moved"
     finally:
         bus.close()
+        for n in cluster.nodes:  # a lame duck sits out SIGTERM for 30 s at least; do not wait
+            n.kill()
 
 
 def test_reconnect_buffer_overflow_raises_and_keeps_what_fit() -> None:
