@@ -47,7 +47,10 @@ def _read_file(value: str, problem: str) -> str:
         with open(os.path.expanduser(value.strip())) as f:
             return f.read()
     except OSError as exc:
-        raise ConfigError(f"{problem} {_describe(value)}: {exc.strerror}") from None
+        reason = exc.strerror
+    # Raised outside the except block: the OSError names the file, which may be the secret
+    # itself, and must not ride along as __context__.
+    raise ConfigError(f"{problem} {_describe(value)}: {reason}")
 
 
 def load_seed(value: str) -> bytes:
@@ -79,10 +82,13 @@ def sign_nonce(seed: bytes, nonce: str) -> tuple[str, str]:
     """``(public_key, signature)`` for the server's nonce, signature as raw base64url."""
     import nkeys  # imported here: only NKey/JWT logins need it
 
+    kind = ""
     try:
         kp = nkeys.from_seed(bytearray(seed))
     except Exception as exc:  # nkeys raises its own ErrInvalidSeed etc.
-        raise AuthenticationError(f"invalid NKey seed: {type(exc).__name__}") from None
+        kind = type(exc).__name__
+    if kind:  # raised here, so the nkeys error (and the seed in it) is not its __context__
+        raise AuthenticationError(f"invalid NKey seed: {kind}")
     try:
         sig = kp.sign(nonce.encode())
         return kp.public_key.decode(), base64.urlsafe_b64encode(sig).rstrip(b"=").decode()

@@ -163,6 +163,7 @@ class MessageBus(Handler):
         randomize: bool = True,
         ignore_discovered_servers: bool = False,
         retry_on_failed_connect: bool = False,
+        ignore_auth_error_abort: bool = False,
     ) -> None:
         self._servers = parse_servers(servers)
         validate_subject(inbox_prefix, wildcards=False)
@@ -203,6 +204,7 @@ class MessageBus(Handler):
             randomize=randomize,
             ignore_discovered_servers=ignore_discovered_servers,
             retry_on_failed_connect=retry_on_failed_connect,
+            ignore_auth_error_abort=ignore_auth_error_abort,
         )
         self.name = name
         self._subs: Dict[int, Subscription] = {}
@@ -217,6 +219,7 @@ class MessageBus(Handler):
         self._resp_map: Dict[bytes, List[Any]] = {}
         self._reply_ctx = MessageContext(self)
         self._resp_error: Optional[PermissionViolationError] = None  # the inbox was denied
+        self._gathers: Dict[Subscription, str] = {}  # request_many() inboxes -> request subject
         self._req_ids = itertools.count(1)
         self._errors = 0  # written by _report_error
         self._last_server_error: Optional[BaseException] = None
@@ -307,14 +310,11 @@ class MessageBus(Handler):
             self._closed = True
         _live_buses.discard(self)
         self._conn.close()
-        cause = self._close_cause
         self._fail_requests()
         subs = list(self._subs.values())
         self._subs.clear()
         for sub in subs:
-            err = ConnectionClosedError("the bus is closed" + (f": {cause}" if cause else ""))
-            err.__cause__ = cause
-            sub._close(err)
+            sub._close(self._closed_error())
         for sub in subs:
             sub._join(2.0)
         self._status_q.put(None)
@@ -610,6 +610,7 @@ class MessageBus(Handler):
         sub = self.subscribe(inbox)
         deadline = time.monotonic() + timeout
         replies: List[Message] = []
+        self._gathers[sub] = subject  # so a denied publish fails this call, not a timeout
         try:
             self._publish(subject, data, inbox.encode(), headers, codec, True)
             while max_msgs is None or len(replies) < max_msgs:
@@ -624,6 +625,7 @@ class MessageBus(Handler):
                     break
                 replies.append(msg)
         finally:
+            self._gathers.pop(sub, None)
             sub.unsubscribe()
         return replies
 
@@ -754,6 +756,10 @@ class MessageBus(Handler):
                 if slot[2] == err.subject and self._resp_map.pop(token, None) is slot:
                     slot[1] = err
                     slot[0].release()
+            for sub, subject in list(self._gathers.items()):
+                if subject == err.subject:  # a request_many() to the denied subject
+                    self._unsubscribe(sub)
+                    sub._close(err)
 
     def _on_disconnected(self, err: BaseException) -> None:
         if err is not self._last_server_error:  # the server's -ERR was reported already
@@ -763,11 +769,14 @@ class MessageBus(Handler):
         self._status_q.put((self._on_disconnect, ()))
 
     def _on_reconnected(self) -> None:
+        # The inbox SUB was sent again; if it is still denied, the server says so again.
+        self._resp_error = None
         self._status_q.put((self._on_reconnect, ()))
 
     def _on_connection_closed(self, err: BaseException) -> None:
         self._close_cause = err
-        self._report_error(err)
+        if err is not self._last_server_error:  # a refusal was reported when it came
+            self._report_error(err)
         self.close()
 
     def _on_discovered_servers(self, urls: List[str]) -> None:
@@ -820,7 +829,15 @@ class MessageBus(Handler):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ConnectionClosedError("the bus is closed")
+            raise self._closed_error()
+
+    def _closed_error(self) -> ConnectionClosedError:
+        """What calls on a closed bus raise: with the reason (e.g. the refusal that ended
+        reconnecting) as message suffix and ``__cause__``."""
+        cause = self._close_cause
+        err = ConnectionClosedError("the bus is closed" + (f": {cause}" if cause else ""))
+        err.__cause__ = cause
+        return err
 
     @property
     def threads(self) -> List[threading.Thread]:

@@ -39,6 +39,7 @@ from .errors import (
     TLSError,
 )
 from .protocol import (
+    DEFAULT_MAX_PAYLOAD,
     ERR,
     INFO,
     LARGE_PAYLOAD,
@@ -65,6 +66,9 @@ DEFAULT_MAX_RECONNECT_ATTEMPTS = 60  # nats.go's default, per server; -1: foreve
 DEFAULT_RECONNECT_TIME_WAIT = 2.0  # nats.go's default
 DEFAULT_RECONNECT_JITTER = 0.1  # nats.go's default
 DEFAULT_RECONNECT_BUF_SIZE = 8 * 1024 * 1024  # nats.go's default
+#: Servers learned from INFO connect_urls beyond this many are ignored (a hostile peer cannot
+#: grow the pool without bound; real clusters are far smaller).
+MAX_DISCOVERED_SERVERS = 256
 _READ_SIZE = 64 * 1024
 _MAX_READ_SIZE = 4 * 1024 * 1024
 
@@ -157,7 +161,7 @@ def _server_error(text: str, url: str) -> Error:
         queue = quoted[1] if len(quoted) > 1 and "queue" in low else None
         return PermissionViolationError(operation, subject, f"{text} (server {url})", queue)
     if "authorization" in low or "authentication" in low or "user" in low and "expired" in low:
-        return AuthenticationError(f"server {url} refused the credentials: {text}")
+        return AuthenticationError(f"server {url} refused the credentials: {text}", text)
     return Error(f"server {url} reported: {text}")
 
 
@@ -200,14 +204,15 @@ class State(enum.Enum):
 class _Server:
     """A pool entry: the address and its reconnect bookkeeping."""
 
-    __slots__ = ("addr", "attempts", "last_attempt", "discovered", "auth_errors")
+    __slots__ = ("addr", "attempts", "last_attempt", "discovered", "last_auth_error")
 
     def __init__(self, addr: ServerAddr, discovered: bool = False) -> None:
         self.addr = addr
         self.attempts = 0
         self.last_attempt = 0.0
         self.discovered = discovered
-        self.auth_errors = 0
+        # The server's last refusal since our last successful connect to it (normalized text).
+        self.last_auth_error: Optional[str] = None
 
 
 class _Link:
@@ -265,6 +270,7 @@ class Connection:
         randomize: bool = True,
         ignore_discovered_servers: bool = False,
         retry_on_failed_connect: bool = False,
+        ignore_auth_error_abort: bool = False,
     ) -> None:
         self._handler = handler
         self._name = name
@@ -286,6 +292,7 @@ class Connection:
         self._randomize = randomize
         self._ignore_discovered = ignore_discovered_servers
         self._retry_on_failed_connect = retry_on_failed_connect
+        self._ignore_auth_error_abort = ignore_auth_error_abort
 
         self._pool = [_Server(a) for a in servers]
         if randomize:
@@ -320,6 +327,7 @@ class Connection:
         self.in_bytes = 0  # reader thread only
         self.reconnects = 0
         self.last_error: Optional[BaseException] = None
+        self.close_cause: Optional[BaseException] = None  # why reconnecting ended, if it did
 
     # --- properties --------------------------------------------------------------------------
 
@@ -397,7 +405,8 @@ class Connection:
                 ) from None
             max_payload = info.get("max_payload")
             if isinstance(max_payload, int) and max_payload > 0:
-                parser.max_payload = max_payload
+                # nats-server allows at most 64 MiB; a bigger claim must not lift the bound
+                parser.max_payload = min(max_payload, DEFAULT_MAX_PAYLOAD)
             if info.get("tls_required") and ctx is None:
                 raise TLSError(
                     f"server {addr.url} requires TLS: use a tls:// URL, tls=True, tls_ca_file=... "
@@ -522,10 +531,11 @@ class Connection:
         link = _Link(sock, srv)
         self._link = link
         self.info = info
-        self.max_payload = int(info.get("max_payload") or self.max_payload)
+        if "max_payload" in info:
+            self.max_payload = parser.max_payload  # as announced, within DEFAULT_MAX_PAYLOAD
         self.inline_max = min(LARGE_PAYLOAD, self.max_payload)
         srv.attempts = 0
-        srv.auth_errors = 0
+        srv.last_auth_error = None
         self._pings_out = 0
         self._add_discovered(info)
         link.reader = threading.Thread(
@@ -558,16 +568,22 @@ class Connection:
         if self._ignore_discovered:
             return
         urls = info.get("connect_urls") or []
+        if not isinstance(urls, list):
+            return
         known = {(s.addr.host, s.addr.port) for s in self._pool}
+        room = MAX_DISCOVERED_SERVERS - sum(s.discovered for s in self._pool)
         scheme = self._pool[0].addr.scheme if self._pool else "nats"
         added: List[str] = []
         for hostport in urls:
             try:
                 addr = parse_server(f"{scheme}://{hostport}")
-            except ValueError:
+            except (ValueError, TypeError):
                 continue
             if (addr.host, addr.port) in known:
                 continue
+            if len(added) >= room:
+                log.warning("ignoring discovered servers beyond %d", MAX_DISCOVERED_SERVERS)
+                break
             known.add((addr.host, addr.port))
             self._pool.insert(
                 random.randint(0, len(self._pool)) if self._randomize else len(self._pool),
@@ -591,7 +607,7 @@ class Connection:
             buf = self._wbuf
             if not self.connected:
                 if self.closed:
-                    raise ConnectionClosedError("the connection is closed")
+                    raise self._closed_error()
                 size = len(frame) + sum(len(p) for p in more)
                 if len(buf) + size > self.reconnect_buf_size:
                     raise OutboundBufferFullError(
@@ -615,7 +631,7 @@ class Connection:
         replayed on reconnect instead (``Handler._resubscribe_frames``)."""
         with self._wlock:
             if self.closed:
-                raise ConnectionClosedError("the connection is closed")
+                raise self._closed_error()
             if not self.connected:
                 return
             self._wbuf += frame
@@ -657,7 +673,7 @@ class Connection:
                     left = deadline - time.monotonic()
                     self._state_cond.wait_for(lambda: self.connected or self.closed, max(0.0, left))
                 if self.closed:
-                    raise ConnectionClosedError("the connection is closed")
+                    raise self._closed_error()
                 if not self.connected:
                     raise TimeoutError(f"not reconnected within {timeout} s")
                 self._pongs.append(pong)
@@ -669,7 +685,7 @@ class Connection:
             if pong.ok:
                 return
             if self.closed:
-                raise ConnectionClosedError("the connection closed while waiting for the server")
+                raise self._closed_error("the connection closed while waiting for the server")
 
     def _write_loop(self, link: _Link) -> None:
         cond = self._wcond
@@ -765,9 +781,21 @@ class Connection:
         if waiter is not None:
             waiter.event.set()
 
+    def _auth_refused_again(self, srv: _Server, err: AuthenticationError) -> bool:
+        """Record a refusal by ``srv``; True when it repeats the previous one (nats.go's
+        reconnect abort, unless ``ignore_auth_error_abort``)."""
+        text = err.server_text.strip().strip("'").lower()
+        again = srv.last_auth_error == text
+        srv.last_auth_error = text
+        return again and not self._ignore_auth_error_abort
+
     def _on_err(self, link: _Link, text: str) -> None:
         err = _server_error(text, link.server.addr.url)
         log.debug("server error from %s: %s", link.server.addr.url, text)
+        if isinstance(err, AuthenticationError):
+            # Expired or revoked on a live connection: a reconnect that is refused the same
+            # way next ends the reconnect loop.
+            self._auth_refused_again(link.server, err)
         if not isinstance(err, PermissionViolationError):
             link.last_error = err  # the server closes the connection after most errors
         self._handler._on_server_error(err)
@@ -819,7 +847,7 @@ class Connection:
         if self.allow_reconnect:
             self._start_reconnect()
         else:
-            self._handler._on_connection_closed(cause)
+            self._give_up(cause)
 
     @staticmethod
     def _shutdown(sock: socket.socket) -> None:
@@ -874,12 +902,13 @@ class Connection:
                 sock, parser, info, early = self._handshake(srv.addr, self._tls_name(srv))
             except AuthenticationError as exc:
                 last = exc
-                srv.auth_errors += 1
                 self._handler._on_server_error(exc)
-                if srv.auth_errors >= 2:  # nats.go: the same auth error twice from a server
-                    with self._wlock:
-                        if srv in self._pool:
-                            self._pool.remove(srv)
+                if self._auth_refused_again(srv, exc):
+                    # nats.go: the same refusal twice from one server ends reconnecting; the
+                    # credentials will not change by trying again.
+                    log.info("%s refused the credentials twice; giving up", srv.addr.url)
+                    self._give_up(exc)
+                    return
                 continue
             except (OSError, Error, ssl.SSLError) as exc:
                 last = exc
@@ -899,12 +928,22 @@ class Connection:
         if self.closed:
             return
         error = NoServersError(
-            f"gave up reconnecting after {self.max_reconnect_attempts} attempt(s) per server"
+            f"gave up reconnecting after {self.max_reconnect_attempts} attempt(s) on each server"
             + (f"; last error: {last}" if last else "")
         )
         error.__cause__ = last
-        self.last_error = error
-        self._handler._on_connection_closed(error)
+        self._give_up(error)
+
+    def _give_up(self, err: BaseException) -> None:
+        """No more reconnecting: ``err`` becomes the cause of every ConnectionClosedError."""
+        self.last_error = self.close_cause = err
+        self._handler._on_connection_closed(err)
+
+    def _closed_error(self, text: str = "the connection is closed") -> ConnectionClosedError:
+        cause = self.close_cause
+        err = ConnectionClosedError(text + (f": {cause}" if cause else ""))
+        err.__cause__ = cause
+        return err
 
     # --- ending ------------------------------------------------------------------------------
 

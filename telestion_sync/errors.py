@@ -24,7 +24,16 @@ class NoServersError(Error):
 
 
 class AuthenticationError(Error):
-    """The server refused the credentials (wrong or missing user, password, token, key)."""
+    """The server refused the credentials (wrong or missing user, password, token, key), or
+    told a live connection that they expired or were revoked.
+
+    ``server_text`` is the server's ``-ERR`` text (e.g. ``Authorization Violation``), empty when
+    the refusal was not a server error.
+    """
+
+    def __init__(self, message: str, server_text: str = "") -> None:
+        self.server_text = server_text
+        super().__init__(message)
 
 
 class ProtocolError(Error):

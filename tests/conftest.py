@@ -55,10 +55,18 @@ class ErrorLog:
             self._cond.notify_all()
 
     def wait(self, kind: type, timeout: float = 5.0) -> BaseException:
+        """The first reported error of ``kind``, waiting for it."""
+        return self.wait_many(kind, 1, timeout)[0]
+
+    def wait_many(self, kind: type, count: int, timeout: float = 5.0) -> List[BaseException]:
+        """The reported errors of ``kind``, once there are at least ``count``."""
         with self._cond:
-            ok = self._cond.wait_for(lambda: any(isinstance(e, kind) for e in self.errors), timeout)
-            assert ok, f"no {kind.__name__} reported within {timeout} s; got {self.errors!r}"
-            return next(e for e in self.errors if isinstance(e, kind))
+            ok = self._cond.wait_for(lambda: len(self.of(kind)) >= count, timeout)
+            assert ok, f"not {count} {kind.__name__} reported within {timeout} s; got {self.errors!r}"
+            return self.of(kind)
+
+    def of(self, kind: type) -> List[BaseException]:
+        return [e for e in self.errors if isinstance(e, kind)]
 
 
 @pytest.fixture

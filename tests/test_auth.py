@@ -352,7 +352,7 @@ def test_creds_with_windows_line_endings(op: authgen.OperatorSetup, jwt_server: 
 
 def test_creds_callable_rotates_an_expiring_jwt(op: authgen.OperatorSetup, jwt_server: NatsServer) -> None:
     """The server drops a user whose JWT expires; the next connect asks the callable again."""
-    short, fresh = op.user(exp=int(time.time()) + 2), op.user()
+    short, fresh = op.user(exp=int(time.time()) + 3), op.user()  # >= 2 s left to connect
     creds = Counting(short.creds)
     reported: List[BaseException] = []
     reconnected = threading.Event()
@@ -500,3 +500,34 @@ def test_a_bare_jwt_given_as_creds_is_not_echoed(op: authgen.OperatorSetup, jwt_
     with pytest.raises(ts.Error) as info:
         ts.connect(jwt_server.url, creds=lambda: user.jwt, connect_timeout=CONNECT_TIMEOUT).close()
     assert user.jwt not in str(info.value) and user.jwt[:40] not in str(info.value), str(info.value)
+
+
+def _chain(exc: BaseException) -> List[BaseException]:
+    """An exception and everything behind it (``__cause__`` and ``__context__``)."""
+    seen: List[BaseException] = []
+    todo: List[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if e in seen:
+            continue
+        seen.append(e)
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+    return seen
+
+
+@pytest.mark.parametrize(
+    "option, secret",
+    [
+        ("nkey_seed", "su" + "a" * 56),  # a lower-cased seed: read as a file name
+        ("nkey_seed", "SU" + "A" * 20 + "not-a-valid-seed"),
+        ("creds", "eyJ0eXAiOiJKV1QifQ.c2VjcmV0.c2lnbmF0dXJl"),  # a bare JWT
+    ],
+)
+def test_unusable_secrets_are_not_kept_anywhere_in_the_exception_chain(
+    nkey_server: NatsServer, option: str, secret: str
+) -> None:
+    """Tools that walk ``__context__`` (loggers, tracebacks) must not find the secret either."""
+    with pytest.raises(ts.Error) as info:
+        ts.connect(nkey_server.url, connect_timeout=CONNECT_TIMEOUT, **{option: secret}).close()
+    for e in _chain(info.value):
+        assert secret not in str(e) and secret not in repr(e), (type(e), str(e))

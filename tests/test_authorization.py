@@ -4,12 +4,15 @@ an error a script can act on, and the connection survives every denial."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Iterator, List
 
 import pytest
 
 import telestion_sync as ts
-from telestion_sync.server import NatsServer
+from telestion_sync.server import NatsServer, free_port
+
+from .conftest import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -63,9 +66,9 @@ def test_denied_publish_is_reported_and_the_connection_survives(perm_server: Nat
         bus.publish("cmd.secret", b"x")
         bus.publish("forbidden.topic", b"x")
         bus.flush(timeout=2)  # no hang after denied publishes
-        err = errors.wait(ts.PermissionViolationError)
-        assert err.operation == "publish"  # type: ignore[attr-defined]
-        assert err.subject in ("cmd.secret", "forbidden.topic")  # type: ignore[attr-defined]
+        denied = errors.wait_many(ts.PermissionViolationError, 2)
+        assert {e.operation for e in denied} == {"publish"}  # type: ignore[attr-defined]
+        assert {e.subject for e in denied} == {"cmd.secret", "forbidden.topic"}  # type: ignore[attr-defined]
         bus.publish("telemetry.ok", b"still here")
         assert sub.next_msg(2).payload == b"still here"
         assert bus.is_connected
@@ -85,6 +88,38 @@ def test_denied_subscribe_fails_the_pull_subscription(perm_server: NatsServer, e
         bus.publish("telemetry.public", b"ok")
         assert fine.next_msg(2).payload == b"ok"
         errors.wait(ts.PermissionViolationError)
+
+
+def test_subscribe_outside_the_allow_list_fails_and_the_connection_survives_a_run_of_denials(
+    perm_server: NatsServer, errors: Any
+) -> None:
+    """One connection meets every kind of denial in a row and still works afterwards."""
+    with ts.connect(perm_server.url, user="sat", password="spw", on_error=errors) as bus:
+        outside = bus.subscribe("weather.now")  # not in sat's subscribe allow list
+        with pytest.raises(ts.PermissionViolationError) as info:
+            outside.next_msg(timeout=5)
+        assert (info.value.operation, info.value.subject) == ("subscribe", "weather.now")
+        bus.publish("cmd.reboot", b"")  # publish outside the allow list
+        with pytest.raises(ts.PermissionViolationError):
+            bus.request("cmd.reboot", timeout=10)
+        with pytest.raises(ts.PermissionViolationError):
+            bus.request_many("cmd.reboot", timeout=10)
+        errors.wait_many(ts.PermissionViolationError, 4)
+        cmds = bus.subscribe("cmd.>")
+        bus.flush()
+        with ts.connect(perm_server.url, user="ground", password="gpw") as ground:
+            ground.publish("cmd.go", b"still here")
+            assert cmds.next_msg(5).payload == b"still here"
+        assert bus.is_connected
+
+
+def test_request_many_to_a_denied_subject_fails_with_the_permission_error(perm_server: NatsServer) -> None:
+    with ts.connect(perm_server.url, user="sat", password="spw") as bus:
+        started = time.monotonic()
+        with pytest.raises(ts.PermissionViolationError) as info:
+            bus.request_many("cmd.reboot", timeout=10)
+        assert info.value.subject == "cmd.reboot"
+        assert time.monotonic() - started < 5, "waited for the timeout instead of the server's answer"
 
 
 def test_denied_queue_subscribe_with_callback_reports_to_the_error_handler(
@@ -143,24 +178,127 @@ def test_authorization_violation_on_reconnect_ends_the_loop() -> None:
     end the reconnect loop with AuthenticationError as the cause (as nats.go does)."""
     srv = NatsServer(user="u", password="old").start()
     closed = threading.Event()
+    bus = ts.connect(
+        srv.url,
+        user="u",
+        password="old",
+        reconnect_time_wait=0.05,
+        max_reconnect_attempts=-1,
+        on_close=closed.set,
+    )
     try:
-        bus = ts.connect(
-            srv.url,
-            user="u",
-            password="old",
-            reconnect_time_wait=0.05,
-            max_reconnect_attempts=-1,
-            on_close=closed.set,
-        )
-        srv.stop()
+        srv.kill()
         srv.password = "new"
         srv.restart()
         assert closed.wait(10)
         with pytest.raises(ts.ConnectionClosedError) as info:
             bus.publish("x", b"")
         assert bus.is_closed
-        assert isinstance(bus._close_cause, ts.NoServersError)
-        assert isinstance(bus._close_cause.__cause__, ts.AuthenticationError)
-        del info
+        assert isinstance(info.value.__cause__, ts.AuthenticationError), info.value.__cause__
     finally:
-        srv.stop()
+        bus.close()
+        srv.kill()
+
+
+def test_repeated_refusal_ends_reconnecting_even_with_other_servers_in_the_pool(errors: Any) -> None:
+    """nats.go: the same refusal twice from the server we were on aborts the reconnect loop,
+    even when attempts are unlimited and other (dead) servers remain in the pool."""
+    srv = NatsServer(user="u", password="old").start()
+    dead = f"nats://127.0.0.1:{free_port()}"
+    closed = threading.Event()
+    bus = ts.connect(
+        [srv.url, dead],
+        randomize=False,
+        user="u",
+        password="old",
+        reconnect_time_wait=0.05,
+        max_reconnect_attempts=-1,
+        on_close=closed.set,
+        on_error=errors,
+    )
+    try:
+        srv.kill()
+        srv.password = "new"
+        srv.restart()
+        assert closed.wait(15), f"still {bus.status} after the refusals; errors: {errors.errors}"
+        refusals = errors.of(ts.AuthenticationError)
+        assert len(refusals) >= 2
+        with pytest.raises(ts.ConnectionClosedError) as info:
+            bus.request("x", timeout=1)
+        assert info.value.__cause__ is refusals[-1]
+    finally:
+        bus.close()
+        srv.kill()
+
+
+def test_ignore_auth_error_abort_keeps_trying_until_the_credentials_work() -> None:
+    """With ignore_auth_error_abort=True refusals do not end reconnecting: the bus comes back
+    once the server accepts the (unchanged) credentials again."""
+    srv = NatsServer(user="u", password="pw").start()
+    refused = threading.Event()
+    reconnected = threading.Event()
+
+    def on_error(err: BaseException) -> None:
+        if isinstance(err, ts.AuthenticationError):
+            refused.set()
+
+    bus = ts.connect(
+        srv.url,
+        user="u",
+        password="pw",
+        reconnect_time_wait=0.05,
+        max_reconnect_attempts=-1,
+        ignore_auth_error_abort=True,
+        on_error=on_error,
+        on_reconnect=reconnected.set,
+    )
+    try:
+        srv.kill()
+        srv.password = "other"
+        srv.restart()
+        assert refused.wait(10)
+        wait_until(lambda: bus.stats.errors >= 3, what="several refusals")
+        assert not bus.is_closed
+        srv.kill()
+        srv.password = "pw"
+        srv.restart()
+        assert reconnected.wait(10)
+        assert bus.is_connected
+    finally:
+        bus.close()
+        srv.kill()
+
+
+def test_a_denied_inbox_is_tried_again_after_a_reconnect() -> None:
+    """Requests fail fast while the reply inbox is denied; once a restarted server allows it,
+    they work again on the same bus (the denial is not remembered forever)."""
+    def config(inbox: str) -> str:
+        return f"""
+        authorization {{
+          users = [
+            {{ user: r, password: r,
+               permissions: {{ publish: ["svc.>"], subscribe: ["{inbox}"] }} }}
+            {{ user: s, password: s, permissions: {{ publish: ["_INBOX.>"], subscribe: ["svc.>"] }} }}
+          ]
+        }}
+        """
+
+    srv = NatsServer(config=config("other.>")).start()
+    reconnected = threading.Event()
+    bus = ts.connect(
+        srv.url, user="r", password="r", reconnect_time_wait=0.05, on_reconnect=reconnected.set
+    )
+    try:
+        with pytest.raises(ts.PermissionViolationError):
+            bus.request("svc.hello", timeout=10)
+        srv.kill()
+        srv.config = config("_INBOX.>")
+        srv.restart()
+        assert reconnected.wait(10)
+        with ts.connect(srv.url, user="s", password="s") as responder:
+            responder.reply("svc.hello", lambda msg: "hi")
+            responder.flush()
+            assert bus.request("svc.hello", timeout=5).data == "hi"
+    finally:
+        bus.close()
+        srv.kill()

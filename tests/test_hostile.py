@@ -29,6 +29,7 @@ class HostileServer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.payload = b""
+        self.info = INFO
         self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -50,7 +51,7 @@ class HostileServer:
 
     def _talk(self, conn: socket.socket) -> None:
         try:
-            conn.sendall(INFO + b"\r\n")
+            conn.sendall(self.info + b"\r\n")
             seen = b""
             while b"PING\r\n" not in seen:
                 data = conn.recv(4096)
@@ -161,3 +162,23 @@ def test_fuzzed_garbage_never_kills_the_client(
     finally:
         bus.close()
     assert not bus.threads
+
+
+def test_announced_limits_cannot_lift_the_clients_bounds(hostile: HostileServer) -> None:
+    """An INFO claiming a terabyte max_payload, then one announcing thousands of servers: the
+    payload bound stays at nats-server's 64 MiB maximum and the pool stays bounded."""
+    from telestion_sync.connection import MAX_DISCOVERED_SERVERS
+    from telestion_sync.protocol import DEFAULT_MAX_PAYLOAD
+
+    hostile.info = b"INFO " + json.dumps({"server_id": "x", "max_payload": 10**12}).encode()
+    urls = [f"10.0.{i // 250}.{i % 250}:4222" for i in range(1000)]  # within the line limit
+    hostile.payload = b"INFO " + json.dumps({"connect_urls": urls}).encode() + b"\r\n"
+    discovered = threading.Event()
+    bus = ts.connect(hostile.url, on_discovered_servers=lambda added: discovered.set())
+    try:
+        assert bus.max_payload == DEFAULT_MAX_PAYLOAD
+        bus.flush(timeout=5)  # the hostile server sends its INFO on these bytes
+        assert discovered.wait(5)
+        assert len(bus.discovered_servers) == MAX_DISCOVERED_SERVERS
+    finally:
+        bus.close()
