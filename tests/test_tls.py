@@ -177,6 +177,7 @@ def test_ssl_context_from_trustme_is_used_as_given(
         assert_tls_on_server(tls_server, name)
 
 
+@pytest.mark.timeout(60)  # above its own waits, so a failure reads as an assertion
 def test_large_payloads_and_heavy_two_way_traffic_over_tls(
     tls_files: TLSFiles, tls_server: NatsServer
 ) -> None:
