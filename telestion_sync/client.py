@@ -566,9 +566,7 @@ class MessageBus(Handler):
         if isinstance(msg, BaseException):
             raise msg
         if msg is _CLOSED:
-            raise ConnectionClosedError(
-                f"the bus closed while waiting for a reply on {subject!r}"
-            ) from self._close_cause
+            raise self._closed_error(f"the bus closed while waiting for a reply on {subject!r}")
         return _check_reply(subject, msg)
 
     def _on_response(self, subject: bytes, payload: bytes, hdr: Optional[bytes]) -> None:
@@ -831,11 +829,11 @@ class MessageBus(Handler):
         if self._closed:
             raise self._closed_error()
 
-    def _closed_error(self) -> ConnectionClosedError:
+    def _closed_error(self, text: str = "the bus is closed") -> ConnectionClosedError:
         """What calls on a closed bus raise: with the reason (e.g. the refusal that ended
         reconnecting) as message suffix and ``__cause__``."""
         cause = self._close_cause
-        err = ConnectionClosedError("the bus is closed" + (f": {cause}" if cause else ""))
+        err = ConnectionClosedError(text + (f": {cause}" if cause else ""))
         err.__cause__ = cause
         return err
 

@@ -9,6 +9,7 @@ password fails ``connect()`` at once instead of on the first publish.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import logging
@@ -218,7 +219,7 @@ class _Server:
 class _Link:
     """One socket and the reader and writer threads that serve it."""
 
-    __slots__ = ("sock", "server", "reader", "writer", "alive", "last_error")
+    __slots__ = ("sock", "server", "reader", "writer", "alive", "draining", "last_error")
 
     def __init__(self, sock: socket.socket, server: _Server) -> None:
         self.sock = sock
@@ -226,6 +227,7 @@ class _Link:
         self.reader: Optional[threading.Thread] = None
         self.writer: Optional[threading.Thread] = None
         self.alive = True
+        self.draining = False  # being left (lame duck): its writer stops, its reader goes on
         self.last_error: Optional[Error] = None  # the server's last -ERR: the likely cause
 
 
@@ -572,13 +574,18 @@ class Connection:
             return
         known = {(s.addr.host, s.addr.port) for s in self._pool}
         room = MAX_DISCOVERED_SERVERS - sum(s.discovered for s in self._pool)
-        scheme = self._pool[0].addr.scheme if self._pool else "nats"
+        # nats.go: discovered servers get the credentials of the URL we are connected with
+        current = self._link.server.addr if self._link is not None else self._pool[0].addr
+        scheme = current.scheme
         added: List[str] = []
         for hostport in urls:
             try:
                 addr = parse_server(f"{scheme}://{hostport}")
             except (ValueError, TypeError):
                 continue
+            addr = dataclasses.replace(
+                addr, user=current.user, password=current.password, token=current.token
+            )
             if (addr.host, addr.port) in known:
                 continue
             if len(added) >= room:
@@ -695,14 +702,14 @@ class Connection:
         while True:
             stale = False
             with cond:
-                while link.alive and not (self.connected and self._wbuf):
+                while link.alive and not link.draining and not (self.connected and self._wbuf):
                     left = next_ping - time.monotonic()
                     if left <= 0:
                         break
                     self._writer_waiting = True
                     cond.wait(left)
                     self._writer_waiting = False
-                if not link.alive:
+                if not link.alive or link.draining:
                     return
                 if time.monotonic() >= next_ping:
                     next_ping = time.monotonic() + interval
@@ -718,7 +725,7 @@ class Connection:
                 return
             with self._send_lock:
                 with self._wlock:
-                    if not link.alive:
+                    if not link.alive or link.draining:
                         return
                     data = self._take()
                 if data:
@@ -811,7 +818,42 @@ class Connection:
             if others and self.allow_reconnect:
                 # Move to another server now rather than wait to be cut off.
                 link.server.last_attempt = time.monotonic()
-                self._lost(link, Error(f"server {link.server.addr.url} entered lame duck mode"))
+                self._hand_off(link)
+
+    def _hand_off(self, link: _Link) -> None:
+        """Leave a server that is still healthy (lame duck) without losing what was sent to
+        it: from now on publishes go into the reconnect buffer for the next server, while a
+        thread of its own finishes with this one (:meth:`_drain_link`)."""
+        with self._wlock:
+            if not link.alive or link.draining or self._link is not link or self.closed:
+                return
+            link.draining = True
+            self._set_state(State.RECONNECTING)
+            self._wcond.notify_all()  # the link's writer stops
+        t = threading.Thread(
+            target=self._drain_link, args=(link,), name="telestion_sync-reconnect", daemon=True
+        )
+        self._reconnect_thread = t
+        t.start()
+
+    def _drain_link(self, link: _Link) -> None:
+        """Send what was queued for ``link`` and a PING; once its PONG shows the server has
+        processed all of it (or after ``connect_timeout``), tear the link down and reconnect."""
+        barrier = _Pong()
+        with self._send_lock:  # after a send in progress on this link
+            with self._wlock:
+                if not link.alive:
+                    return
+                data = self._take()
+                data += PING_FRAME
+                self._pongs.append(barrier)
+            try:
+                link.sock.sendall(data)
+            except OSError as exc:
+                self._lost(link, exc)
+                return
+        barrier.event.wait(self.connect_timeout)  # close() and a lost link wake it too
+        self._lost(link, Error(f"server {link.server.addr.url} entered lame duck mode"))
 
     # --- losing and regaining the link -------------------------------------------------------
 

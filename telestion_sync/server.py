@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,7 +20,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("telestion_sync.server")
 
@@ -42,8 +43,34 @@ def nats_server_binary() -> str:
     )
 
 
+def _ephemeral_range() -> Tuple[int, int]:
+    """The ports the kernel hands out for outgoing connections (Linux; a common default)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
+    """A TCP port that is free on ``host`` right now, chosen below the ephemeral range.
+
+    A port from ``bind(0)`` comes from the range outgoing connections use, so between freeing
+    it and nats-server listening on it (or across a restart on the same port) a client or
+    route connection can take it: "address already in use". Ports below that range are not
+    handed out by the kernel behind our back.
+    """
+    low, _ = _ephemeral_range()
+    if low > 12_000:
+        for _ in range(100):
+            port = random.randrange(10_000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
