@@ -7,6 +7,7 @@ configuration (users, permissions, clusters) is passed as nats-server config tex
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -20,9 +21,19 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+import weakref
 from typing import Any, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("telestion_sync.server")
+
+_running: weakref.WeakSet[NatsServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_at_exit() -> None:
+    """A script that never stopped its servers does not leave nats-server processes behind."""
+    for srv in list(_running):
+        srv.kill()
 
 
 def nats_server_binary() -> str:
@@ -155,6 +166,7 @@ class NatsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        _running.add(self)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -280,10 +292,16 @@ class NatsCluster:
         raise KeyError(url)
 
     def start(self, timeout: float = 20.0) -> NatsCluster:
-        """Start every node and wait until each has routes to all others."""
-        for n in self.nodes:
-            n.start(timeout)
-        self.wait_routes(timeout)
+        """Start every node and wait until each has routes to all others. If that fails, the
+        nodes already started are stopped (no orphaned servers)."""
+        try:
+            for n in self.nodes:
+                n.start(timeout)
+            self.wait_routes(timeout)
+        except BaseException:
+            for n in self.nodes:
+                n.kill()
+            raise
         return self
 
     def wait_routes(self, timeout: float = 20.0) -> None:
