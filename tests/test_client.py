@@ -417,6 +417,18 @@ def test_host_port_without_scheme_and_server_lists(server: NatsServer) -> None:
         assert bus.is_connected
 
 
+def test_server_order_is_random_by_default_and_kept_with_randomize_false(server: NatsServer) -> None:
+    """nats.go's pool: shuffled unless randomize=False (dead servers refuse at once here)."""
+    given = [server.url] + [f"nats://127.0.0.1:{free_port()}" for _ in range(5)]
+    with ts.connect(given, randomize=False) as bus:
+        assert bus.servers == given
+    orders = set()
+    for _ in range(10):
+        with ts.connect(given) as bus:
+            orders.add(tuple(bus.servers))
+    assert len(orders) > 1, "ten connections all kept the given order"
+
+
 def test_unreachable_server_names_the_urls() -> None:
     port = free_port()
     with pytest.raises(ts.NoServersError, match=str(port)):

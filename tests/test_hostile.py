@@ -30,6 +30,7 @@ class HostileServer:
         self.port = self.listener.getsockname()[1]
         self.payload = b""
         self.info = INFO
+        self.close_after_payload = False  # hang up after the payload, as a server closing us
         self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -63,6 +64,8 @@ class HostileServer:
             if not seen:
                 return
             conn.sendall(self.payload)
+            if self.close_after_payload:
+                return
             # Then answer PINGs like a server would: when the junk happened to be valid protocol
             # the client stays here, and its flush() must not wait on a server that went mute.
             while not self._stop.is_set():
@@ -182,3 +185,14 @@ def test_announced_limits_cannot_lift_the_clients_bounds(hostile: HostileServer)
         assert len(bus.discovered_servers) == MAX_DISCOVERED_SERVERS
     finally:
         bus.close()
+
+
+@pytest.mark.parametrize("text", ["Stale Connection", "Slow Consumer", "Maximum Connections Exceeded"])
+def test_server_closing_us_with_an_error_is_reported_then_left_for_another(
+    hostile: HostileServer, server: NatsServer, text: str
+) -> None:
+    """A server that says why it closes the connection (stale, slow consumer...): the reason
+    reaches the error handler and the client moves on to the next server."""
+    hostile.close_after_payload = True
+    errors = run_against(hostile, server, f"-ERR '{text}'\r\n".encode())
+    assert any(text in str(e) for e in errors), errors
