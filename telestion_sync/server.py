@@ -128,7 +128,7 @@ class NatsServer:
         """``nats://host:port`` (without credentials)."""
         return f"nats://{self.host}:{self.port}"
 
-    def _command(self) -> List[str]:
+    def _write_config(self) -> str:
         conf = [f'listen: "{self.host}:{self.port}"', f'pid_file: "{self._dir}/server.pid"']
         if self.name:
             conf.append(f'server_name: "{self.name}"')
@@ -146,7 +146,16 @@ class NatsServer:
         path = os.path.join(self._dir, "server.conf")
         with open(path, "w") as f:
             f.write("\n".join(conf) + "\n")
-        return [nats_server_binary(), "-c", path, "-l", self.log_path, *self.args]
+        return path
+
+    def _command(self) -> List[str]:
+        return [nats_server_binary(), "-c", self._write_config(), "-l", self.log_path, *self.args]
+
+    def reload(self) -> None:
+        """Rewrite the config from the current attributes (``config``, ``user``...) and have the
+        running server reload it (users, permissions, accounts change without a restart)."""
+        self._write_config()
+        self.signal("reload")
 
     def monitor(self, endpoint: str, timeout: float = 2.0) -> Any:
         """GET a monitoring endpoint (``varz``, ``routez``, ``connz``...) as parsed JSON."""

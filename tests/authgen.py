@@ -138,14 +138,19 @@ def operator_jwt(operator: NKey, name: str = "test-operator") -> str:
     return encode_jwt(_claims(operator, name, {"type": "operator", "version": 2}, None, None), operator)
 
 
-def account_jwt(account: NKey, operator: NKey, name: str = "test-account") -> str:
-    """An account JWT signed by ``operator``, without limits."""
-    nats = {
+def account_jwt(
+    account: NKey, operator: NKey, name: str = "test-account", revoked: Sequence[str] = ()
+) -> str:
+    """An account JWT signed by ``operator``, without limits; ``revoked`` user public keys have
+    every JWT issued until now revoked."""
+    nats: Dict[str, Any] = {
         "limits": dict(ACCOUNT_LIMITS),
         "default_permissions": {"pub": {}, "sub": {}},
         "type": "account",
         "version": 2,
     }
+    if revoked:
+        nats["revocations"] = {pub: int(time.time()) + 1 for pub in revoked}
     return encode_jwt(_claims(account, name, nats, None, None), operator)
 
 
@@ -266,6 +271,11 @@ class OperatorSetup:
 
     def config(self) -> str:
         return operator_config(self.operator_jwt, {self.account.public: self.account_jwt})
+
+    def revoke(self, user: User) -> str:
+        """Re-sign the account with ``user`` revoked; return the new server config."""
+        self.account_jwt = account_jwt(self.account, self.operator, revoked=[user.key.public])
+        return self.config()
 
 
 def operator_config(op_jwt: str, accounts: Dict[str, str]) -> str:

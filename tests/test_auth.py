@@ -24,6 +24,7 @@ import telestion_sync as ts
 from telestion_sync.server import NatsServer
 
 from . import authgen
+from .conftest import ErrorLog
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -531,3 +532,29 @@ def test_unusable_secrets_are_not_kept_anywhere_in_the_exception_chain(
         ts.connect(nkey_server.url, connect_timeout=CONNECT_TIMEOUT, **{option: secret}).close()
     for e in _chain(info.value):
         assert secret not in str(e) and secret not in repr(e), (type(e), str(e))
+
+
+def test_revoked_user_is_reported_and_reconnecting_ends(op: authgen.OperatorSetup) -> None:
+    """The account revokes the user while connected: the server's 'User Authentication
+    Revoked' reaches the error handler, and since every reconnect is refused the same way the
+    bus closes with that refusal as the cause (nats.go's behaviour)."""
+    user = op.user()
+    srv = NatsServer(config=op.config()).start()
+    errors = ErrorLog()
+    closed = threading.Event()
+    bus = ts.connect(
+        srv.url, creds=lambda: user.creds, on_error=errors, on_close=closed.set, reconnect_time_wait=0.05
+    )
+    try:
+        roundtrip(bus)
+        srv.config = op.revoke(user)
+        srv.reload()  # the account JWT now revokes the user
+        revoked = errors.wait(ts.AuthenticationError, timeout=10)
+        assert "revoked" in str(revoked).lower(), revoked
+        assert closed.wait(10), f"still {bus.status}; errors: {errors.errors}"
+        with pytest.raises(ts.ConnectionClosedError) as info:
+            bus.publish("x", b"")
+        assert isinstance(info.value.__cause__, ts.AuthenticationError)
+    finally:
+        bus.close()
+        srv.kill()
