@@ -18,7 +18,13 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from ._version import __version__
 from .client import MessageBus, connect
-from .errors import Error
+from .errors import (
+    AuthenticationError,
+    ConnectionClosedError,
+    Error,
+    NoServersError,
+    PermissionViolationError,
+)
 from .message import Message
 from .service import discover_services
 
@@ -28,6 +34,87 @@ EXIT_INTERRUPTED = 130
 
 class CLIError(Exception):
     """An expected failure: printed as one line, exit code 1."""
+
+
+def _describe(exc: BaseException) -> str:
+    """``exc`` as one line: the type name (except for CLIError) and the text, newlines folded."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if isinstance(exc, CLIError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _ends_command(err: BaseException) -> bool:
+    """Whether a reported error ends a command on its own (a lost or refused connection, a denied
+    subscription), so the command reports it as its failure and it must not show twice."""
+    if isinstance(err, PermissionViolationError):
+        return err.operation == "subscribe"
+    if type(err) is Error and err.__cause__ is None:
+        return True  # a server -ERR other than a permission violation: the server hangs up
+    return isinstance(err, (ConnectionClosedError, NoServersError, AuthenticationError, OSError))
+
+
+class _ErrorLog:
+    """The bus's ``on_error`` handler in the CLI, instead of the library's warning log.
+
+    It keeps what the bus reports so a command can judge it (pub fails on a denied publish); the
+    default handler would print each error as well, so a failure showed twice or three times.
+    With ``live`` (sub, reply: commands that run on) it prints errors that do not end the command
+    (slow consumer, undecodable request) as one warning line each. ``wake`` is set on each error.
+    """
+
+    def __init__(self, live: bool = False) -> None:
+        self.errors: List[BaseException] = []
+        self.live = live
+        self.wake = threading.Event()
+        self._cond = threading.Condition()
+
+    def __call__(self, err: BaseException) -> None:
+        with self._cond:
+            self.errors.append(err)
+            self._cond.notify_all()
+        if self.live and not _ends_command(err):
+            print(f"telestion-sync: warning: {_describe(err)}", file=sys.stderr, flush=True)
+        self.wake.set()
+
+    def wait_for(self, count: int, timeout: float) -> List[BaseException]:
+        """The errors reported so far, once there are ``count`` (or after ``timeout`` seconds)."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.errors) >= count, timeout)
+            return list(self.errors)
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: a free port, or disabled where the help says)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 # --- output helpers -----------------------------------------------------------------------------
@@ -92,10 +179,11 @@ def _add_connection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-ca", default=None, help="CA file to verify the server")
     g.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
     g.add_argument("--tls-key", default=None, help="client key (mutual TLS)")
-    g.add_argument("--connect-timeout", type=float, default=2.0, help="seconds (default 2)")
+    g.add_argument("--connect-timeout", type=_seconds, default=2.0, help="seconds (default 2)")
 
 
-def _connect(args: argparse.Namespace, **extra: Any) -> MessageBus:
+def _connect(args: argparse.Namespace, errors: _ErrorLog, **extra: Any) -> MessageBus:
+    """Connect without reconnecting; the bus reports its errors to ``errors`` (not to a log)."""
     server = args.server or os.environ.get("NATS_URL") or "localhost:4222"
     user = args.user if args.user is not None else os.environ.get("NATS_USER")
     password = args.password if args.password is not None else os.environ.get("NATS_PASSWORD")
@@ -112,6 +200,7 @@ def _connect(args: argparse.Namespace, **extra: Any) -> MessageBus:
         tls_key_file=args.tls_key,
         connect_timeout=args.connect_timeout,
         allow_reconnect=False,
+        on_error=errors,
         **extra,
     )
 
@@ -158,6 +247,16 @@ def _codec(args: argparse.Namespace) -> Optional[str]:
 # --- commands -----------------------------------------------------------------------------------
 
 
+def _server_failure(exc: BaseException, log_text: str = "") -> str:
+    """Why nats-server did not start or stopped: its fatal log line ("address already in use"),
+    else the first line of ``exc``."""
+    for line in reversed((log_text + "\n" + str(exc)).splitlines()):
+        if "[FTL]" in line:
+            return line.split("[FTL]", 1)[1].strip()
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from .server import NatsCluster, NatsServer, nats_server_binary
 
@@ -165,12 +264,30 @@ def cmd_server(args: argparse.Namespace) -> int:
         nats_server_binary()
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
-    nodes: List[NatsServer] = []
+    if (args.user is None) != (args.password is None):
+        raise CLIError("--user and --password go together")
+    cluster: Optional[NatsCluster] = None
     if args.cluster and args.cluster > 1:
-        cluster = NatsCluster(args.cluster, host=args.host)
+        cluster = NatsCluster(
+            args.cluster,
+            host=args.host,
+            user=args.user,
+            password=args.password,
+            jetstream=args.jetstream,
+        )
         nodes = cluster.nodes
+        # The ports given are the first node's (clients connect there and discover the rest);
+        # the other nodes get free ports. Each node keeps a monitoring port: the routes are
+        # checked through it.
+        first = nodes[0]
+        if args.port:
+            first.port = args.port
+        if args.monitor_port:
+            first.monitor_port = args.monitor_port
+        if args.websocket_port:
+            first.websocket_port = args.websocket_port
     else:
-        auth = dict(user=args.user, password=args.password) if args.user else {}
+        auth_kw = dict(user=args.user, password=args.password) if args.user is not None else {}
         nodes = [
             NatsServer(
                 args.port,
@@ -178,28 +295,41 @@ def cmd_server(args: argparse.Namespace) -> int:
                 monitor_port=args.monitor_port or None,
                 websocket_port=args.websocket_port or None,
                 jetstream=args.jetstream,
-                **auth,
+                **auth_kw,
             )
         ]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         for node in nodes:
-            node.start()
-        if len(nodes) > 1:
-            cluster.wait_routes()
+            try:
+                node.start()
+            except RuntimeError as exc:
+                raise CLIError(
+                    f"nats-server could not start on {node.host}:{node.port}: "
+                    + _server_failure(exc, node.read_log())
+                ) from None
+        if cluster is not None:
+            try:
+                cluster.wait_routes()
+            except RuntimeError as exc:
+                raise CLIError(f"the cluster did not form: {_server_failure(exc)}") from None
         for node in nodes:
             print(f"nats-server  {node.url}")
             if node.monitor_port:
                 print(f"  monitoring http://{node.host}:{node.monitor_port}")
             if node.websocket_port:
                 print(f"  websocket  ws://{node.host}:{node.websocket_port}")
-        if args.user:
-            print(f"  user {args.user!r} (password hidden)")
+        if args.jetstream:
+            print("  JetStream enabled")
+        if args.user is not None:
+            print(f"  user {args.user!r} required (password hidden)")
         print("press Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
-            if not all(n.running for n in nodes):
-                raise CLIError("nats-server exited unexpectedly:\n" + nodes[0].read_log()[-2000:])
+            for node in nodes:
+                if not node.running:
+                    reason = _server_failure(RuntimeError("no reason logged"), node.read_log())
+                    raise CLIError(f"nats-server {node.url} exited unexpectedly: {reason}")
     except KeyboardInterrupt:
         pass
     finally:
@@ -209,10 +339,27 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail_on_reported(errors: _ErrorLog, bus: MessageBus) -> None:
+    """After a flush: fail when the bus reported errors (e.g. a denied publish) meanwhile.
+
+    The server answers a denied publish with -ERR before the PONG of the flush, so the error is
+    counted by then; its delivery to ``errors`` (on the bus's status thread) may lag a little.
+    """
+    count = bus.stats.errors
+    if not count:
+        return
+    reported = errors.wait_for(count, timeout=5.0)
+    if not reported:
+        raise CLIError(f"the server reported {count} error(s)")
+    more = f" ({len(reported)} errors in all)" if len(reported) > 1 else ""
+    raise CLIError(_describe(reported[0]) + more)
+
+
 def cmd_pub(args: argparse.Namespace) -> int:
     data = _payload(args)
     headers = _headers(args.header)
-    with _connect(args) as bus:
+    errors = _ErrorLog()
+    with _connect(args, errors) as bus:
         start = time.perf_counter()
         step = max(1, args.count // 100)
         for i in range(args.count):
@@ -220,6 +367,7 @@ def cmd_pub(args: argparse.Namespace) -> int:
             if (i + 1) % step == 0 or i + 1 == args.count:
                 _progress(i + 1, args.count, sys.stderr, start)
         bus.flush(timeout=10)
+        _fail_on_reported(errors, bus)
     noun = "message" if args.count == 1 else "messages"
     print(f"published {args.count} {noun} to {args.subject}", file=sys.stderr)
     return 0
@@ -234,9 +382,12 @@ def _print_msg(msg: Message, raw: bool, out: TextIO) -> None:
 
 
 def cmd_sub(args: argparse.Namespace) -> int:
-    with _connect(args) as bus:
+    errors = _ErrorLog(live=True)
+    with _connect(args, errors) as bus:
         sub = bus.subscribe(args.subject, queue=args.queue)
         bus.flush()
+        if sub.error is not None:  # denied: the server said so before the flush's PONG
+            raise CLIError(_describe(sub.error))
         print(
             f"listening on {args.subject}" + (f" (queue {args.queue})" if args.queue else ""), file=sys.stderr
         )
@@ -253,7 +404,7 @@ def cmd_sub(args: argparse.Namespace) -> int:
 
 def cmd_request(args: argparse.Namespace) -> int:
     data = _payload(args)
-    with _connect(args) as bus:
+    with _connect(args, _ErrorLog()) as bus:
         reply = bus.request(
             args.subject, data, timeout=args.timeout, headers=_headers(args.header), codec=_codec(args)
         )
@@ -268,27 +419,48 @@ def cmd_reply(args: argparse.Namespace) -> int:
             answer = json.loads(args.answer)
         except ValueError:
             raise CLIError("--answer is not valid JSON") from None
-    done = threading.Event()
+    errors = _ErrorLog(live=True)
+    wake = errors.wake  # set on each reported error, when the bus closes, and at --count
     served = [0]
 
     def handler(msg: Message) -> Any:
         _print_msg(msg, False, sys.stderr)
+        if answer is None:
+            # Echo: the payload with the request's headers, so a CBOR request (Content-Type)
+            # gets a reply that decodes as CBOR again.
+            if msg.reply:
+                msg.respond(msg.payload, headers=msg.headers or None)
+            result: Any = None
+        else:
+            result = answer
         served[0] += 1
         if args.count is not None and served[0] >= args.count:
-            done.set()
-        return msg.payload if answer is None else answer
+            wake.set()
+        return result
 
-    with _connect(args) as bus:
-        bus.reply(args.subject, handler, queue=args.queue)
+    with _connect(args, errors, on_close=wake.set) as bus:
+        sub = bus.reply(args.subject, handler, queue=args.queue)
         bus.flush()
+        if sub.error is not None:  # denied: the server said so before the flush's PONG
+            raise CLIError(_describe(sub.error))
         print(f"answering requests on {args.subject}", file=sys.stderr, flush=True)
-        done.wait()
+        while True:
+            wake.wait()
+            wake.clear()
+            if args.count is not None and served[0] >= args.count:
+                break
+            if sub.error is not None:
+                raise CLIError(_describe(sub.error))
+            if bus.is_closed:
+                lost = [e for e in errors.errors if _ends_command(e)]
+                cause = f": {_describe(lost[-1])}" if lost else ""
+                raise CLIError(f"connection to the server closed{cause}")
         bus.flush()
     return 0
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    with _connect(args) as bus:
+    with _connect(args, _ErrorLog()) as bus:
         services = discover_services(bus, timeout=args.timeout)
     if not services:
         print("no Telestion service answered", file=sys.stderr)
@@ -308,7 +480,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.server = own.url
     try:
         rows = []
-        with _connect(args) as bus:
+        with _connect(args, _ErrorLog()) as bus:
             payload = b"x" * args.size
             n = args.count
             start = time.perf_counter()
@@ -369,13 +541,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("server", help="start a nats-server for development")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("-p", "--port", type=int, default=4222)
-    p.add_argument("--monitor-port", type=int, default=8222, help="0 to disable (default 8222)")
-    p.add_argument("--websocket-port", type=int, default=9222, help="for the web frontend, 0 to disable")
-    p.add_argument("--user", default=None)
+    p.add_argument(
+        "-p", "--port", type=_port, default=4222, help="client port, 0 for a free one (default 4222)"
+    )
+    p.add_argument("--monitor-port", type=_port, default=8222, help="0 to disable (default 8222)")
+    p.add_argument("--websocket-port", type=_port, default=9222, help="for the web frontend, 0 to disable")
+    p.add_argument("--user", default=None, help="require this user (with --password)")
     p.add_argument("--password", default=None)
     p.add_argument("--jetstream", action="store_true")
-    p.add_argument("--cluster", type=int, default=0, metavar="N", help="a local cluster of N nodes")
+    p.add_argument(
+        "--cluster",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="a local cluster of N nodes; the ports above are the first node's, the others get "
+        "free ports (every node keeps a monitoring port)",
+    )
     p.set_defaults(func=cmd_server)
 
     def data_options(p: argparse.ArgumentParser) -> None:
@@ -389,13 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pub", help="publish a message")
     data_options(p)
-    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--count", type=_positive_int, default=1, help="publish N times (default 1)")
     _add_connection_options(p)
     p.set_defaults(func=cmd_pub)
 
     p = sub.add_parser("sub", help="print messages on a subject")
     p.add_argument("subject")
-    p.add_argument("--count", type=int, default=None, help="exit after N messages")
+    p.add_argument("--count", type=_positive_int, default=None, help="exit after N messages")
     p.add_argument("--queue", default=None)
     p.add_argument("--raw", action="store_true", help="print payloads undecoded")
     _add_connection_options(p)
@@ -403,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("request", help="send a request and print the reply")
     data_options(p)
-    p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--timeout", type=_seconds, default=2.0, help="seconds (default 2)")
     p.add_argument("--raw-reply", action="store_true", help="print the reply undecoded")
     _add_connection_options(p)
     p.set_defaults(func=cmd_request)
@@ -412,18 +593,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject")
     p.add_argument("--answer", default=None, help="a JSON value to answer with (default: echo)")
     p.add_argument("--queue", default=None)
-    p.add_argument("--count", type=int, default=None, help="exit after N requests")
+    p.add_argument("--count", type=_positive_int, default=None, help="exit after N requests")
     _add_connection_options(p)
     p.set_defaults(func=cmd_reply)
 
     p = sub.add_parser("health", help="list the Telestion services that answer the health check")
-    p.add_argument("--timeout", type=float, default=0.5)
+    p.add_argument("--timeout", type=_seconds, default=0.5, help="seconds to gather replies (default 0.5)")
     _add_connection_options(p)
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("bench", help="a quick benchmark of this library")
-    p.add_argument("--count", type=int, default=100_000)
-    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--count", type=_positive_int, default=100_000)
+    p.add_argument("--size", type=_positive_int, default=16, help="payload bytes (default 16)")
     _add_connection_options(p)
     p.set_defaults(func=cmd_bench)
     return parser
@@ -439,7 +620,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CLIError, Error, OSError, ValueError, TypeError) as exc:
-        name = type(exc).__name__
-        prefix = "" if isinstance(exc, CLIError) else f"{name}: "
-        print(f"telestion-sync: {prefix}{exc}", file=sys.stderr)
+        print(f"telestion-sync: {_describe(exc)}", file=sys.stderr)
         return EXIT_ERROR

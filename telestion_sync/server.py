@@ -263,7 +263,9 @@ class NatsServer:
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``text`` as a quoted nats-server config string (escapes, no raw line breaks)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
 
 
 class NatsCluster:
@@ -271,7 +273,15 @@ class NatsCluster:
     and for trying a deployment that outgrows one machine. Each node has a monitoring port."""
 
     def __init__(
-        self, size: int = 3, *, host: str = "127.0.0.1", config: str = "", name: str = "local"
+        self,
+        size: int = 3,
+        *,
+        host: str = "127.0.0.1",
+        config: str = "",
+        name: str = "local",
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        jetstream: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -286,6 +296,9 @@ class NatsCluster:
                     config=cluster + "\n" + config,
                     name=f"{name}-{i}",
                     monitor_port=free_port(host),
+                    user=user,
+                    password=password,
+                    jetstream=jetstream,
                 )
             )
 
