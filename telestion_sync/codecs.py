@@ -66,9 +66,11 @@ class Codec:
     content_type: Optional[str] = None
 
     def encode(self, obj: Any) -> bytes:
+        """The payload bytes for ``obj``; subclasses implement it (the wire format is theirs)."""
         raise NotImplementedError
 
     def decode(self, payload: bytes) -> Any:
+        """The object in ``payload``; subclasses implement it (``ValueError`` when unreadable)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -81,6 +83,8 @@ class JSONCodec(Codec):
     name = "json"
 
     def encode(self, obj: Any) -> bytes:
+        """Compact JSON (UTF-8, no NaN/Infinity, which JavaScript's JSON.parse rejects); bytes
+        raise ``TypeError`` pointing to ``codec='raw'``/``'cbor'`` rather than being guessed at."""
         if isinstance(obj, (bytes, bytearray, memoryview)):
             raise TypeError(
                 "bytes are not JSON serializable; publish bytes as they are (codec='raw') "
@@ -94,6 +98,7 @@ class JSONCodec(Codec):
             raise ValueError(f"cannot encode as JSON: {exc}") from None
 
     def decode(self, payload: bytes) -> Any:
+        """Strict JSON from UTF-8 (see :func:`json_loads`), so bad input fails loudly."""
         return json_loads(payload)
 
 
@@ -104,12 +109,14 @@ class CBORCodec(Codec):
     content_type = CBOR_CONTENT_TYPE
 
     def encode(self, obj: Any) -> bytes:
+        """CBOR bytes; an unencodable object raises ``TypeError`` like the JSON codec does."""
         try:
             return cbor2.dumps(obj)
         except cbor2.CBOREncodeError as exc:
             raise TypeError(f"cannot encode {type(obj).__name__} as CBOR: {exc}") from None
 
     def decode(self, payload: bytes) -> Any:
+        """Exactly one CBOR item (see :func:`cbor_loads`): trailing bytes are an error."""
         return cbor_loads(payload)
 
 
@@ -119,6 +126,8 @@ class RawCodec(Codec):
     name = "raw"
 
     def encode(self, obj: Any) -> bytes:
+        """Bytes-like objects as they are, ``str`` as UTF-8; anything else is a ``TypeError``
+        (raw means no serialization, so nothing is converted silently)."""
         if isinstance(obj, bytes):
             return obj
         if isinstance(obj, (bytearray, memoryview)):
@@ -128,6 +137,7 @@ class RawCodec(Codec):
         raise TypeError(f"codec 'raw' sends bytes or str, not {type(obj).__name__}")
 
     def decode(self, payload: bytes) -> Any:
+        """The payload unchanged: raw never fails to decode."""
         return payload
 
 
@@ -145,11 +155,15 @@ class AutoCodec(Codec):
     name = "auto"
 
     def encode(self, obj: Any) -> bytes:
+        """Bytes unchanged, everything else as JSON: Telestion's default, readable by every
+        TypeScript service without a header."""
         if isinstance(obj, (bytes, bytearray, memoryview)):
             return bytes(obj)
         return JSON.encode(obj)
 
     def decode(self, payload: bytes) -> Any:
+        """JSON if the payload parses as JSON, else the bytes (no headers here; the bus itself
+        decodes by ``Content-Type`` with :func:`decode_auto`)."""
         return decode_auto(payload, None)
 
 

@@ -31,6 +31,17 @@ log = logging.getLogger("telestion_sync.service")
 
 HEALTH_SUBJECTS = ("__telestion__.health", "__telestion__/health")
 ERROR_WINDOW = 60.0  # seconds of errors the health check counts
+_clock = time.monotonic  # the error window's clock (a module attribute, so tests can move time on)
+
+# What the io.nats.micro.v1 schemas (and nats.go's micro package) accept: names of services and
+# endpoints, and the service version (the regular expression semver.org suggests).
+_MICRO_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_SEMVER = re.compile(
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?",
+    re.ASCII,
+)
 
 
 class _ErrorWindow:
@@ -43,11 +54,11 @@ class _ErrorWindow:
 
     def __call__(self, err: BaseException) -> None:
         with self._lock:
-            self._times.append(time.monotonic())
+            self._times.append(_clock())
         (self._forward or log_error)(err)
 
     def recent(self) -> int:
-        cutoff = time.monotonic() - ERROR_WINDOW
+        cutoff = _clock() - ERROR_WINDOW
         with self._lock:
             while self._times and self._times[0] < cutoff:
                 self._times.popleft()
@@ -79,6 +90,9 @@ class _EndpointStats:
         return {"name": self.name, "subject": self.subject, "queue_group": self.queue, "metadata": {}}
 
     def stats(self) -> Dict[str, Any]:
+        # "data" is an empty object, never null: revisions of the io.nats.micro.v1 stats schema
+        # require an object there. nats.go omits it when empty, but nats-py's
+        # EndpointStats.from_dict requires the key, so {} is what every reader accepts.
         with self._lock:
             n = self.num_requests
             return {
@@ -90,7 +104,7 @@ class _EndpointStats:
                 "last_error": self.last_error,
                 "processing_time": self.processing_time,
                 "average_processing_time": self.processing_time // n if n else 0,
-                "data": None,
+                "data": {},
             }
 
 
@@ -107,6 +121,27 @@ def make_data_dir(config: Mapping[str, Any]) -> Path:
 def _micro_name(service_name: str) -> str:
     """NATS micro names allow letters, digits, ``-`` and ``_`` only."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", service_name) or "service"
+
+
+def _check_version(version: str) -> None:
+    """NATS micro discovery reports the version, and its schema requires SemVer (``1.2.3``)."""
+    if not isinstance(version, str) or not _SEMVER.fullmatch(version):
+        raise ConfigError(
+            f"version {version!r} is not a semantic version (like '1.2.3' or '2.0.0-rc.1'); "
+            "NATS micro discovery requires SemVer"
+        )
+
+
+def _endpoint_name(name: Optional[str], subject: str) -> str:
+    """The endpoint's micro name: ``name`` when valid, by default derived from ``subject``."""
+    if name is None:
+        return _micro_name(subject)  # "calc.add" -> "calc_add", "latest.>" -> "latest__"
+    if not isinstance(name, str) or not _MICRO_NAME.fullmatch(name):
+        raise ConfigError(
+            f"endpoint name {name!r} is invalid: NATS micro names allow only letters, digits, "
+            f"'-' and '_' (e.g. {_micro_name(str(name))!r})"
+        )
+    return name
 
 
 class Service:
@@ -126,6 +161,7 @@ class Service:
         description: str = "",
         version: str = "0.0.0",
     ) -> None:
+        _check_version(version)
         self.config = config
         self.service_name: str = str(config["SERVICE_NAME"])
         self.data_dir = make_data_dir(config)
@@ -158,6 +194,8 @@ class Service:
 
     @property
     def nats_enabled(self) -> bool:
+        """Whether the service is on NATS (False when started with ``nats=False``, e.g. for
+        the testbed's ``X_DISABLE_NATS``): check it before touching :attr:`bus`."""
         return self._bus is not None
 
     @property
@@ -213,9 +251,14 @@ class Service:
         schema: Optional[Callable[[Any], Any]] = None,
     ) -> Subscription:
         """Serve requests on ``subject`` in the service's queue group (``SERVICE_NAME``, so the
-        instances share the work), with request/error counts and timings in ``$SRV.STATS``."""
+        instances share the work), with request/error counts and timings in ``$SRV.STATS``.
+
+        ``name`` is the endpoint's name in NATS micro discovery: letters, digits, ``-`` and ``_``
+        (:class:`ConfigError` otherwise); by default the subject with other characters as ``_``.
+        """
+        stats_name = _endpoint_name(name, subject)
         group = queue or self.service_name
-        stats = _EndpointStats(name or subject, subject, group)
+        stats = _EndpointStats(stats_name, subject, group)
 
         def timed(msg: Message) -> Any:
             start = time.perf_counter_ns()
@@ -293,8 +336,10 @@ def start_service(
     ``argv`` defaults to ``sys.argv[1:]`` and ``env`` to ``os.environ``. Start-up fails fast:
     :class:`ConfigError` for missing or unusable configuration, :class:`NoServersError` when the
     server is offline, :class:`AuthenticationError` for wrong credentials. Extra keyword
-    arguments go to :func:`connect` (e.g. ``connect_timeout``, ``on_error``).
+    arguments go to :func:`connect` (e.g. ``connect_timeout``, ``on_error``). ``version`` must be
+    a semantic version (``1.2.3``; NATS micro discovery reports it), else :class:`ConfigError`.
     """
+    _check_version(version)  # a programming error: fails before reading config or connecting
     config = load_config(argv, env, overrides)
     make_data_dir(config)  # a bad DATA_DIR fails before connecting, not hidden by a dead server
     errors = _ErrorWindow(connect_options.pop("on_error", None))
@@ -318,11 +363,17 @@ def start_service(
     return service
 
 
-def discover_services(bus: MessageBus, timeout: float = 0.5) -> List[Dict[str, Any]]:
+def discover_services(
+    bus: MessageBus, timeout: float = 0.5, *, max_services: Optional[int] = None
+) -> List[Dict[str, Any]]:
     """Every Telestion service that answers the health check within ``timeout`` seconds, as
-    ``{"name": ..., "errors": ...}`` dicts sorted by name."""
+    ``{"name": ..., "errors": ...}`` dicts sorted by name.
+
+    With ``max_services``, stop waiting once that many replies arrived: when you know how many
+    instances to expect, a generous ``timeout`` then costs nothing unless one is missing.
+    """
     found = []
-    for msg in bus.request_many(HEALTH_SUBJECTS[0], timeout=timeout):
+    for msg in bus.request_many(HEALTH_SUBJECTS[0], timeout=timeout, max_msgs=max_services):
         try:
             data = msg.data
         except Error:

@@ -24,6 +24,8 @@ import pytest
 import telestion_sync as ts
 from telestion_sync.server import NatsServer
 
+from .test_service import REPLY_WAIT, scatter_gather
+
 pytestmark = pytest.mark.timeout(30)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -113,8 +115,25 @@ class Example:
                 self.lines.append(line)
         return code
 
+    def wait_for_run_forever(self, timeout: float = 10.0) -> None:
+        """Wait until the process catches SIGTERM, i.e. ``run_forever()`` installed its signal
+        handlers (Linux: the SigCgt mask in /proc). A signal sent earlier would kill it with
+        KeyboardInterrupt or the default action, which a slow machine makes likely when the test
+        signals right after the example's first line."""
+        status = Path(f"/proc/{self.proc.pid}/status")
+        deadline = time.monotonic() + timeout
+        while status.exists() and self.proc.poll() is None:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            if int(fields.get("SigCgt", "0").strip(), 16) & (1 << (signal.SIGTERM - 1)):
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name} did not reach run_forever() within {timeout} s\n{self.output()}")
+            time.sleep(0.01)
+
     def terminate(self, sig: int = signal.SIGTERM) -> None:
-        """Send ``sig``, expect exit code 0 within a few seconds and the 'stopped' line."""
+        """Send ``sig`` once the example is in ``run_forever()``; expect exit code 0 within a few
+        seconds and the 'stopped' line."""
+        self.wait_for_run_forever()
         self.proc.send_signal(sig)
         code = self.wait_exit()
         assert code == 0, self.output()
@@ -190,7 +209,7 @@ def test_publisher_stops_itself_after_max_messages(run_example, bus: ts.MessageB
 def test_publisher_runs_as_a_discoverable_dev_service(run_example, bus: ts.MessageBus) -> None:
     pub = run_example("publisher", "--FREQUENCY=5")
     pub.expect(r"publisher dev-\d+: publishing on data\.random")
-    names = [s["name"] for s in ts.discover_services(bus, timeout=0.5)]
+    names = [s["name"] for s in ts.discover_services(bus, timeout=REPLY_WAIT, max_services=1)]
     assert f"dev-{pub.proc.pid}" in names  # --dev names the service after its process
     pub.terminate(signal.SIGINT)
 
@@ -305,9 +324,8 @@ def test_latest_value_cache_instances_share_the_requests(run_example, bus: ts.Me
     bus.publish("data.x", b"42")
     a.expect(r"stored 2 bytes for key x$")
     b.expect(r"stored 2 bytes for key x$")
-    for _ in range(10):
-        replies = bus.request_many("latest.x", timeout=0.1)
-        assert [m.payload for m in replies] == [b"42"]  # one instance answers each request
+    replies = scatter_gather(bus, "latest.x", requests=10)  # waits 1 s for late extra replies
+    assert [[m.payload for m in r] for r in replies] == [[b"42"]] * 10  # one instance answers each
     a.terminate()
     b.terminate()
     answered = [line for line in a.lines + b.lines if line.startswith("answered request")]
