@@ -140,6 +140,28 @@ def test_queue_groups_and_auto_unsubscribe_limits_survive_a_restart() -> None:
         srv.kill()
 
 
+def test_reconnect_wait_strategy_paces_the_rounds() -> None:
+    """``reconnect_wait=`` (any tenacity wait strategy or callable) is asked before each round,
+    with the round number as the attempt number (for exponential backoff)."""
+    srv = NatsServer().start()
+    rounds: List[int] = []
+
+    def wait(state: Any) -> float:
+        rounds.append(state.attempt_number)
+        return 0.02
+
+    bus = ts.connect(srv.url, reconnect_wait=wait, max_reconnect_attempts=-1)
+    try:
+        srv.kill()
+        wait_until(lambda: len(rounds) >= 4, what="four reconnect rounds")
+        srv.restart()
+        assert bus.wait_connected(10)
+        assert rounds[:4] == [1, 2, 3, 4], rounds
+    finally:
+        bus.close()
+        srv.kill()
+
+
 def test_cluster_failover_with_one_url(cluster: NatsCluster) -> None:
     seen_servers: List[List[str]] = []
     reconnected = threading.Event()
