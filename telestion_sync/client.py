@@ -767,8 +767,6 @@ class MessageBus(Handler):
         self._status_q.put((self._on_disconnect, ()))
 
     def _on_reconnected(self) -> None:
-        # The inbox SUB was sent again; if it is still denied, the server says so again.
-        self._resp_error = None
         self._status_q.put((self._on_reconnect, ()))
 
     def _on_connection_closed(self, err: BaseException) -> None:
@@ -789,6 +787,9 @@ class MessageBus(Handler):
         frames = []
         if self._resp_sid > 0:
             frames.append(encode_sub(self._resp_prefix + b"*", self._resp_sid))
+            # Tried again on the new connection: if it is still denied, the server says so
+            # again (cleared here, before the new reader can deliver that answer).
+            self._resp_error = None
         for sub in list(self._subs.values()):
             frames.append(sub._sub_frame)
             if sub._max is not None:

@@ -219,7 +219,9 @@ class _Server:
 class _Link:
     """One socket and the reader and writer threads that serve it."""
 
-    __slots__ = ("sock", "server", "reader", "writer", "alive", "draining", "last_error")
+    __slots__ = (
+        "sock", "server", "reader", "writer", "alive", "draining", "drainer", "users", "last_error"
+    )
 
     def __init__(self, sock: socket.socket, server: _Server) -> None:
         self.sock = sock
@@ -228,6 +230,11 @@ class _Link:
         self.writer: Optional[threading.Thread] = None
         self.alive = True
         self.draining = False  # being left (lame duck): its writer stops, its reader goes on
+        self.drainer: Optional[threading.Thread] = None
+        # Threads using the socket; the last one to finish closes it. Everyone else only shuts
+        # it down: closing under a thread blocked on the descriptor lets the number be reused,
+        # and that thread would then poll (or write to) someone else's socket.
+        self.users = 0
         self.last_error: Optional[Error] = None  # the server's last -ERR: the likely cause
 
 
@@ -322,7 +329,7 @@ class Connection:
         self.closed = False
         self._closed_event = threading.Event()
         self._closing = False  # close() waits for the writer to take the buffer
-        self._reconnect_thread: Optional[threading.Thread] = None
+        self._aux: List[threading.Thread] = []  # reconnect and drain threads, old links' threads
         self.out_msgs = 0  # under _wlock
         self.out_bytes = 0  # under _wlock
         self.in_msgs = 0  # reader thread only
@@ -546,6 +553,7 @@ class Connection:
         link.writer = threading.Thread(
             target=self._write_loop, args=(link,), name="telestion_sync-writer", daemon=True
         )
+        link.users = 2
         self._set_state(State.CONNECTED)
         link.reader.start()
         link.writer.start()
@@ -695,6 +703,12 @@ class Connection:
                 raise self._closed_error("the connection closed while waiting for the server")
 
     def _write_loop(self, link: _Link) -> None:
+        try:
+            self._write(link)
+        finally:
+            self._release(link)
+
+    def _write(self, link: _Link) -> None:
         cond = self._wcond
         interval = self.ping_interval
         next_ping = time.monotonic() + interval
@@ -738,6 +752,12 @@ class Connection:
     # --- reading -----------------------------------------------------------------------------
 
     def _read_loop(self, link: _Link, parser: Parser, early: List[Event]) -> None:
+        try:
+            self._read(link, parser, early)
+        finally:
+            self._release(link)
+
+    def _read(self, link: _Link, parser: Parser, early: List[Event]) -> None:
         handler = self._handler
         on_msg = handler._on_msg
         on_batch_end = handler._on_batch_end
@@ -757,7 +777,7 @@ class Connection:
                             self._wbuf += PONG_FRAME
                         self.send_now()
                     elif kind == PONG:
-                        self._on_pong()
+                        self._on_pong(link)
                     elif kind == ERR:
                         self._on_err(link, ev[1])
                     elif kind == INFO:
@@ -781,8 +801,10 @@ class Connection:
                 handler._on_server_error(exc)
             self._lost(link, exc)
 
-    def _on_pong(self) -> None:
+    def _on_pong(self, link: _Link) -> None:
         with self._wlock:
+            if not link.alive:  # a late PONG from a link given up: its waiters were failed
+                return
             self._pings_out = 0
             waiter = self._pongs.popleft() if self._pongs else None
         if waiter is not None:
@@ -828,17 +850,20 @@ class Connection:
             if not link.alive or link.draining or self._link is not link or self.closed:
                 return
             link.draining = True
+            link.users += 1
             self._set_state(State.RECONNECTING)
             self._wcond.notify_all()  # the link's writer stops
-        t = threading.Thread(
-            target=self._drain_link, args=(link,), name="telestion_sync-reconnect", daemon=True
-        )
-        self._reconnect_thread = t
-        t.start()
+            link.drainer = self._spawn(self._drain_link, link)
 
     def _drain_link(self, link: _Link) -> None:
         """Send what was queued for ``link`` and a PING; once its PONG shows the server has
         processed all of it (or after ``connect_timeout``), tear the link down and reconnect."""
+        try:
+            self._drain(link)
+        finally:
+            self._release(link)
+
+    def _drain(self, link: _Link) -> None:
         barrier = _Pong()
         with self._send_lock:  # after a send in progress on this link
             with self._wlock:
@@ -863,9 +888,10 @@ class Connection:
             if not link.alive:
                 return
             link.alive = False
+            self._retire(link)
             if self._link is not link or self.closed:
                 self._wcond.notify_all()
-                self._shutdown(link.sock)
+                self._hang_up(link)
                 return
             # PINGs still in the buffer go to the next server and keep their waiters; the
             # ones already sent died with this link, so their flush() calls try again.
@@ -879,7 +905,7 @@ class Connection:
             # Without reconnects the client closes the bus right after this.
             self._set_state(State.RECONNECTING if self.allow_reconnect else State.CLOSED)
             self._wcond.notify_all()
-        self._shutdown(link.sock)
+        self._hang_up(link)
         for w in gone:
             if w is not None:
                 w.ok = False
@@ -893,16 +919,50 @@ class Connection:
 
     @staticmethod
     def _shutdown(sock: socket.socket) -> None:
+        """Shut down and close a socket no thread of ours is using (a handshake's)."""
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         sock.close()
 
-    def _start_reconnect(self) -> None:
-        t = threading.Thread(target=self._reconnect_loop, name="telestion_sync-reconnect", daemon=True)
-        self._reconnect_thread = t
+    @staticmethod
+    def _hang_up(link: _Link) -> None:
+        """End a link's connection: its threads see EOF or an error at once and finish; the
+        last of them closes the socket (:meth:`_release`)."""
+        try:
+            link.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _release(self, link: _Link) -> None:
+        """A thread is done with the link's socket; the last one closes it."""
+        with self._wlock:
+            link.users -= 1
+            last = link.users <= 0
+        if last:
+            try:
+                link.sock.close()
+            except OSError:
+                pass
+
+    def _retire(self, link: _Link) -> None:
+        """Keep a given-up link's threads where close() joins them (called with _wlock held)."""
+        self._aux = [t for t in self._aux if t.is_alive()]
+        self._aux += [t for t in (link.reader, link.writer) if t is not None]
+
+    def _spawn(self, target: Callable[..., Any], *args: Any) -> threading.Thread:
+        """Start a helper thread (reconnect loop, lame-duck drain) where close() finds and
+        joins it (called with _wlock held, so close() never sees it unstarted)."""
+        t = threading.Thread(target=target, args=args, name="telestion_sync-reconnect", daemon=True)
         t.start()
+        self._aux = [x for x in self._aux if x.is_alive()]
+        self._aux.append(t)
+        return t
+
+    def _start_reconnect(self) -> None:
+        with self._wlock:
+            self._spawn(self._reconnect_loop)
 
     def _next_server(self, current: Optional[_Server]) -> Optional[_Server]:
         """nats.go's rotation: the current server goes to the back; servers past their attempt
@@ -997,6 +1057,10 @@ class Connection:
                 return
             self._closing = True
             link = self._link
+        drainer = link.drainer if link is not None else None
+        if drainer is not None and drainer is not me:
+            drainer.join(timeout)  # what was queued for a lame-duck server reaches it first
+            link = self._link
         if link is not None and link.alive and link.writer is not me:
             self._drain_writer(link, timeout)
         with self._wlock:
@@ -1004,25 +1068,31 @@ class Connection:
             self._set_state(State.CLOSED)
             waiters = list(self._pongs)
             self._pongs.clear()
+            link = self._link  # a reconnect may have completed meanwhile: that link ends too
             if link is not None:
                 link.alive = False
             self._wcond.notify_all()
         self._closed_event.set()
         sock = self._connecting_sock
-        if sock is not None:
-            self._shutdown(sock)
+        if sock is not None:  # a handshake in progress fails at once and closes its socket
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for w in waiters:
             if w is not None:
                 w.ok = False
                 w.event.set()
         if link is not None:
-            self._shutdown(link.sock)
-            for t in (link.writer, link.reader):
-                if t is not None and t is not me:
-                    t.join(timeout)
-        t = self._reconnect_thread
-        if t is not None and t is not me:
-            t.join(timeout)
+            self._hang_up(link)
+        deadline = time.monotonic() + timeout
+        while True:  # a helper may start another (a drain starts the reconnect loop)
+            with self._wlock:
+                others = [t for t in self._threads(link) if t is not me and t.is_alive()]
+            if not others or time.monotonic() >= deadline:
+                break
+            for t in others:
+                t.join(max(0.0, deadline - time.monotonic()))
 
     def _drain_writer(self, link: _Link, timeout: float) -> None:
         """Wait (bounded) until the writer has taken everything buffered."""
@@ -1032,14 +1102,15 @@ class Connection:
         if self._send_lock.acquire(timeout=timeout):  # a sendall in progress finishes first
             self._send_lock.release()
 
+    def _threads(self, link: Optional[_Link]) -> List[threading.Thread]:
+        found = [t for t in ((link.reader, link.writer) if link else ()) if t is not None]
+        return found + self._aux
+
     @property
     def threads(self) -> List[threading.Thread]:
         """The live threads of this connection (for tests and diagnostics)."""
-        link = self._link
-        found = [t for t in ((link.reader, link.writer) if link else ()) if t is not None]
-        if self._reconnect_thread is not None:
-            found.append(self._reconnect_thread)
-        return [t for t in found if t.is_alive()]
+        with self._wlock:
+            return [t for t in self._threads(self._link) if t.is_alive()]
 
 
 __all__ = ["Connection", "ServerAddr", "State", "parse_server", "parse_servers", "Handler"]
