@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 from ._version import __version__
 from .client import MessageBus, connect
@@ -84,37 +84,28 @@ class _ErrorLog:
             return list(self.errors)
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _checked(convert: Callable[[str], Any], noun: str, ok: Callable[[Any], bool], rule: str) -> Any:
+    """An argparse type: ``convert`` the text (else "'x' is not <noun>"), then require ``ok``
+    (else "<rule>, not x"): a clear one-line usage error instead of a traceback."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}, not {text}")
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    """An argparse type: a TCP port, 0-65535 (0: a free port, or disabled where the help says)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    """An argparse type: a duration in seconds, > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
-    return value
+_positive_int = _checked(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+# a TCP port; 0 means a free port, or disabled where the help says so
+_port = _checked(int, "a port number", lambda v: 0 <= v <= 65535, "a port is 0-65535")
+_seconds = _checked(
+    float, "a number of seconds", lambda v: 0 < v < float("inf"), "must be a positive number of seconds"
+)
 
 
 # --- output helpers -----------------------------------------------------------------------------
