@@ -330,6 +330,7 @@ class Connection:
         self._closed_event = threading.Event()
         self._closing = False  # close() waits for the writer to take the buffer
         self._aux: List[threading.Thread] = []  # reconnect and drain threads, old links' threads
+        self._last_reader: Optional[threading.Thread] = None  # the given-up link's reader
         self.out_msgs = 0  # under _wlock
         self.out_bytes = 0  # under _wlock
         self.in_msgs = 0  # reader thread only
@@ -547,8 +548,12 @@ class Connection:
         srv.last_auth_error = None
         self._pings_out = 0
         self._add_discovered(info)
+        previous, self._last_reader = self._last_reader, None
         link.reader = threading.Thread(
-            target=self._read_loop, args=(link, parser, early), name="telestion_sync-reader", daemon=True
+            target=self._read_loop,
+            args=(link, parser, early, previous),
+            name="telestion_sync-reader",
+            daemon=True,
         )
         link.writer = threading.Thread(
             target=self._write_loop, args=(link,), name="telestion_sync-writer", daemon=True
@@ -751,8 +756,14 @@ class Connection:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _read_loop(self, link: _Link, parser: Parser, early: List[Event]) -> None:
+    def _read_loop(
+        self, link: _Link, parser: Parser, early: List[Event], previous: Optional[threading.Thread]
+    ) -> None:
         try:
+            if previous is not None:
+                # The last link's reader may still be delivering its final batch: one reader
+                # at a time keeps delivery in order (and the handler single-threaded).
+                previous.join(self.connect_timeout)
             self._read(link, parser, early)
         finally:
             self._release(link)
@@ -844,41 +855,37 @@ class Connection:
 
     def _hand_off(self, link: _Link) -> None:
         """Leave a server that is still healthy (lame duck) without losing what was sent to
-        it: from now on publishes go into the reconnect buffer for the next server, while a
-        thread of its own finishes with this one (:meth:`_drain_link`)."""
+        it: what is queued now, and a PING behind it, belong to this server; from now on
+        publishes go into the reconnect buffer for the next one, while a thread of its own
+        finishes with this link (:meth:`_drain_link`)."""
         with self._wlock:
             if not link.alive or link.draining or self._link is not link or self.closed:
                 return
             link.draining = True
             link.users += 1
+            data = self._take()  # taken now, so it does not count against the reconnect buffer
+            data += PING_FRAME
+            barrier = _Pong()
+            self._pongs.append(barrier)  # after the waiters of PINGs already queued or sent
             self._set_state(State.RECONNECTING)
             self._wcond.notify_all()  # the link's writer stops
-            link.drainer = self._spawn(self._drain_link, link)
+            link.drainer = self._spawn(self._drain_link, link, data, barrier)
 
-    def _drain_link(self, link: _Link) -> None:
-        """Send what was queued for ``link`` and a PING; once its PONG shows the server has
-        processed all of it (or after ``connect_timeout``), tear the link down and reconnect."""
+    def _drain_link(self, link: _Link, data: bytearray, barrier: _Pong) -> None:
+        """Send ``data`` (ending in a PING) to the old server; once its PONG shows the server
+        has processed all of it (or after ``connect_timeout``), tear the link down and
+        reconnect."""
         try:
-            self._drain(link)
+            with self._send_lock:  # after a send in progress on this link
+                try:
+                    link.sock.sendall(data)
+                except OSError as exc:
+                    self._lost(link, exc)
+                    return
+            barrier.event.wait(self.connect_timeout)  # close() and a lost link wake it too
+            self._lost(link, Error(f"server {link.server.addr.url} entered lame duck mode"))
         finally:
             self._release(link)
-
-    def _drain(self, link: _Link) -> None:
-        barrier = _Pong()
-        with self._send_lock:  # after a send in progress on this link
-            with self._wlock:
-                if not link.alive:
-                    return
-                data = self._take()
-                data += PING_FRAME
-                self._pongs.append(barrier)
-            try:
-                link.sock.sendall(data)
-            except OSError as exc:
-                self._lost(link, exc)
-                return
-        barrier.event.wait(self.connect_timeout)  # close() and a lost link wake it too
-        self._lost(link, Error(f"server {link.server.addr.url} entered lame duck mode"))
 
     # --- losing and regaining the link -------------------------------------------------------
 
@@ -889,6 +896,8 @@ class Connection:
                 return
             link.alive = False
             self._retire(link)
+            if self._link is link:
+                self._last_reader = link.reader
             if self._link is not link or self.closed:
                 self._wcond.notify_all()
                 self._hang_up(link)
