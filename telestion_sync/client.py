@@ -699,9 +699,9 @@ class MessageBus(Handler):
             self._report_error(exc)
             return None
         return make_message(
-            subject.decode(),
+            subject.decode("utf-8", "surrogateescape"),
             payload,
-            reply.decode() if reply is not None else None,
+            reply.decode("utf-8", "surrogateescape") if reply is not None else None,
             headers,
             ctx,
             status,
@@ -717,7 +717,16 @@ class MessageBus(Handler):
         if sub is None:
             return  # arrived after unsubscribe
         if hdr is None:
-            msg = Message(subject.decode(), payload, reply.decode() if reply else None, None, sub)
+            try:
+                msg = Message(subject.decode(), payload, reply.decode() if reply else None, None, sub)
+            except UnicodeDecodeError:  # NATS subjects are bytes: keep them, byte for byte
+                msg = Message(
+                    subject.decode("utf-8", "surrogateescape"),
+                    payload,
+                    reply.decode("utf-8", "surrogateescape") if reply else None,
+                    None,
+                    sub,
+                )
         else:
             made = self._make_msg(subject, reply, payload, hdr, sub)
             if made is None:

@@ -233,7 +233,8 @@ def validate_subject(subject: str, *, wildcards: bool) -> bytes:
                 )
             if token == ">" and i != last:
                 raise BadSubjectError(f"subject {subject!r}: '>' may only be the last token")
-    return subject.encode()
+    # surrogateescape: a subject received with bytes that are not UTF-8 goes back unchanged
+    return subject.encode("utf-8", "surrogateescape")
 
 
 def validate_queue(queue: str) -> bytes:

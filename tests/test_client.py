@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -560,3 +561,35 @@ def test_repr_hides_secrets(auth_server: NatsServer) -> None:
         bus.publish("x", b"hello", headers={"K": "v"})
         msg = sub.next_msg(2)
         assert "hello" in repr(msg) and "x" in repr(sub)
+
+
+def test_subjects_that_are_not_utf8_are_delivered_and_answerable(server: NatsServer, errors: Any) -> None:
+    """NATS subjects are bytes; another client may send ones that are not UTF-8. They must not
+    cost the connection: the message arrives (the subject kept byte for byte through
+    surrogateescape) and a reply to such a reply subject goes back unchanged."""
+    with ts.connect(server.url, on_error=errors) as bus:
+        sub = bus.subscribe(">")
+        bus.flush()
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.settimeout(10)
+            raw.recv(4096)  # INFO
+            raw.sendall(
+                b'CONNECT {"verbose":false,"headers":true}\r\nSUB answers.> 1\r\n'
+                b"PUB bad.\xff\xfe 2\r\nhi\r\n"
+                b"HPUB hbad.\xff 12 14\r\nNATS/1.0\r\n\r\nyo\r\n"
+                b"PUB asks answers.\xfe 3\r\nask\r\nPING\r\n"
+            )
+            got = [sub.next_msg(5) for _ in range(3)]
+            assert [m.payload for m in got] == [b"hi", b"yo", b"ask"]
+            assert got[0].subject.encode("utf-8", "surrogateescape") == b"bad.\xff\xfe"
+            assert got[1].subject.encode("utf-8", "surrogateescape") == b"hbad.\xff"
+            got[2].respond(b"fine")
+            bus.flush()
+            raw.sendall(b"PING\r\n")
+            seen = b""
+            while b"MSG answers.\xfe 1 4\r\nfine" not in seen:
+                chunk = raw.recv(4096)
+                assert chunk, f"server closed; saw {seen!r}"
+                seen += chunk
+        assert bus.stats.reconnects == 0 and bus.is_connected
+        assert not errors.errors
