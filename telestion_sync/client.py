@@ -314,16 +314,22 @@ class MessageBus(Handler):
         subs = list(self._subs.values())
         self._subs.clear()
         for sub in subs:
+            if sub._callback is not None:
+                sub._queue.clear()  # as nats.go: pending messages are not delivered after close
             sub._close(self._closed_error())
+        deadline = time.monotonic() + 2.0  # for a callback that is running now to return
         for sub in subs:
-            sub._join(2.0)
+            sub._join(max(0.0, deadline - time.monotonic()))
         self._status_q.put(None)
         t = self._status_thread
         if t is not None and t is not threading.current_thread():
             t.join(2.0)
 
     def drain(self, timeout: float = 10.0) -> None:
-        """Stop receiving, deliver what is pending to callbacks, send what is buffered, close."""
+        """Stop receiving, deliver what is pending to callbacks, send what is buffered, close.
+
+        Callbacks still busy after ``timeout`` seconds are reported to the error handler as a
+        :class:`TimeoutError` and get nothing more."""
         deadline = time.monotonic() + timeout
         subs = list(self._subs.values())
         try:
@@ -333,9 +339,20 @@ class MessageBus(Handler):
             for sub in subs:
                 self._subs.pop(sub.sid, None)
                 sub._close()
-            for sub in subs:
-                if sub._callback is not None and sub._thread is not threading.current_thread():
-                    sub.wait_finished(max(0.0, deadline - time.monotonic()))
+            late = [
+                sub
+                for sub in subs
+                if sub._callback is not None
+                and sub._thread is not threading.current_thread()
+                and not sub.wait_finished(max(0.0, deadline - time.monotonic()))
+            ]
+            if late:  # as nats.go's ErrDrainTimeout: reported, and their rest is dropped
+                for sub in late:
+                    sub._discard()
+                names = ", ".join(repr(sub.subject) for sub in late)
+                self._report_error(
+                    TimeoutError(f"drain did not finish within {timeout} s; still delivering: {names}")
+                )
         finally:
             self.close()
 

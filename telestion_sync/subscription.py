@@ -202,7 +202,11 @@ class Subscription(MessageContext):
                     self._waiting = False
 
     def _take(self, msg: Message) -> bool:
-        """Account for a popped message; decode it first when that can fail."""
+        """Account for a popped message; decode it first when that can fail. False when it
+        must not be handed out (undecodable, or past the auto-unsubscribe limit)."""
+        if self._max is not None and self._delivered >= self._max:
+            self._discard()  # the limit counts delivered messages (nats.go); the rest go
+            return False
         self._delivered += 1
         self._bytes_out += len(msg.payload)
         if self._eager or (msg._headers is not None and _codecs.may_fail(self.codec, msg._headers)):
@@ -276,14 +280,18 @@ class Subscription(MessageContext):
         self._close()
 
     def auto_unsubscribe(self, max_msgs: int) -> None:
-        """End the subscription after ``max_msgs`` messages in total (received so far count)."""
+        """End the subscription after ``max_msgs`` messages in total have been delivered
+        (those delivered so far count; pending ones within the limit are still delivered)."""
         if max_msgs <= 0:
             raise ValueError("max_msgs must be positive")
         self._max = max_msgs
-        if self._received >= max_msgs:
+        if self._delivered >= max_msgs:
             self.unsubscribe()
-            return
-        self._bus._auto_unsubscribe(self, max_msgs)
+        elif self._received >= max_msgs:  # enough have arrived: stop receiving, deliver those
+            self._bus._unsubscribe(self)
+            self._close()
+        else:
+            self._bus._auto_unsubscribe(self, max_msgs)
 
     def drain(self, timeout: Optional[float] = 10.0) -> None:
         """Stop new messages, deliver the pending ones, then end the subscription.
@@ -306,6 +314,11 @@ class Subscription(MessageContext):
         self._notify()
         if self._callback is None and not self._queue:
             self._finish()
+
+    def _discard(self) -> None:
+        """End now: what is pending is dropped (close, a drain that timed out, the limit)."""
+        self._queue.clear()
+        self._close()
 
     def _finish(self) -> None:
         self._finished = True

@@ -593,3 +593,72 @@ def test_subjects_that_are_not_utf8_are_delivered_and_answerable(server: NatsSer
                 seen += chunk
         assert bus.stats.reconnects == 0 and bus.is_connected
         assert not errors.errors
+
+
+def test_auto_unsubscribe_counts_delivered_messages_and_keeps_pending_ones(bus: ts.MessageBus) -> None:
+    """As nats.go: the limit is on messages delivered; ones already pending within it still
+    arrive, the rest do not."""
+    sub = bus.subscribe("au")
+    for i in range(5):
+        bus.publish("au", b"%d" % i)
+    bus.flush()
+    assert sub.next_msg(5).payload == b"0"
+    sub.auto_unsubscribe(3)  # one delivered, four pending: two more
+    assert [sub.next_msg(5).payload for _ in range(2)] == [b"1", b"2"]
+    with pytest.raises(ts.SubscriptionClosedError):
+        sub.next_msg(1)
+    later = bus.subscribe("au2")
+    for i in range(5):
+        bus.publish("au2", b"%d" % i)
+    bus.flush()
+    later.auto_unsubscribe(3)  # none delivered yet, five pending
+    assert [m.payload for m in (later.next_msg(5) for _ in range(3))] == [b"0", b"1", b"2"]
+    with pytest.raises(ts.SubscriptionClosedError):
+        later.next_msg(1)
+
+
+def test_close_does_not_deliver_what_is_pending_to_callbacks(server: NatsServer) -> None:
+    """As nats.go: close() drops messages a callback has not got yet, so it returns once the
+    callbacks running now return (drain() is the way to deliver everything first)."""
+    bus = ts.connect(server.url)
+    calls: List[int] = []
+    started = threading.Event()
+
+    def slow(msg: ts.Message) -> None:
+        started.set()
+        calls.append(1)
+        time.sleep(0.2)
+
+    subs = [bus.subscribe(f"pend.{i}", slow) for i in range(3)]
+    for i in range(3):
+        for _ in range(20):
+            bus.publish(f"pend.{i}", b"x")
+    bus.flush()
+    assert started.wait(5)
+    t0 = time.monotonic()
+    bus.close()
+    assert time.monotonic() - t0 < 1.5, "close() kept delivering pending messages"
+    assert all(s.wait_finished(0) for s in subs), "a callback thread is still delivering"
+    assert len(calls) <= 6  # at most the callbacks already running, once or twice each
+
+
+def test_drain_that_times_out_is_reported_and_stops_the_callbacks(server: NatsServer, errors: Any) -> None:
+    bus = ts.connect(server.url, on_error=errors)
+    calls: List[int] = []
+
+    def slow(msg: ts.Message) -> None:
+        calls.append(1)
+        time.sleep(0.1)
+
+    sub = bus.subscribe("slowdrain", slow)
+    for _ in range(50):
+        bus.publish("slowdrain", b"x")
+    bus.flush()
+    bus.drain(timeout=0.5)
+    err = errors.wait(ts.TimeoutError)
+    assert "slowdrain" in str(err)
+    assert sub.wait_finished(2)
+    assert len(calls) < 50
+    count = len(calls)
+    time.sleep(0.3)  # would cover three more callbacks, had they gone on
+    assert len(calls) == count
