@@ -241,7 +241,7 @@ def test_stalled_link_is_detected_and_replaced() -> None:
             assert reconnected.wait(5)
             assert bus.connected_url == srv.url
             # ping_interval * (max_outstanding_pings + 1), plus scheduling slack
-            assert detected < 0.2 * 3 + 0.5
+            assert detected < 0.2 * 3 + 1.0  # (a dead socket would take minutes)
             bus.publish("stall", b"through the other route")
             assert sub.next_msg(5).payload == b"through the other route"
             bus.close()
