@@ -224,7 +224,6 @@ class MessageBus(Handler):
         self._errors = 0  # written by _report_error
         self._last_server_error: Optional[BaseException] = None
         self._closed = False
-        self._close_cause: Optional[BaseException] = None  # why the bus closed itself
         self._close_lock = threading.Lock()
         self._status_q: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
         self._status_thread: Optional[threading.Thread] = None
@@ -314,9 +313,10 @@ class MessageBus(Handler):
         subs = list(self._subs.values())
         self._subs.clear()
         for sub in subs:
-            if sub._callback is not None:
-                sub._queue.clear()  # as nats.go: pending messages are not delivered after close
-            sub._close(self._closed_error())
+            if sub._callback is not None:  # as nats.go: what is pending is not delivered now
+                sub._discard(self._closed_error())
+            else:  # a pull subscription's next_msg() still returns what had arrived
+                sub._close(self._closed_error())
         deadline = time.monotonic() + 2.0  # for a callback that is running now to return
         for sub in subs:
             sub._join(max(0.0, deadline - time.monotonic()))
@@ -339,13 +339,12 @@ class MessageBus(Handler):
             for sub in subs:
                 self._subs.pop(sub.sid, None)
                 sub._close()
-            late = [
-                sub
-                for sub in subs
-                if sub._callback is not None
-                and sub._thread is not threading.current_thread()
-                and not sub.wait_finished(max(0.0, deadline - time.monotonic()))
-            ]
+            late = []
+            for sub in subs:
+                if sub._callback is None or sub._thread is threading.current_thread():
+                    continue
+                if not sub.wait_finished(max(0.0, deadline - time.monotonic())):
+                    late.append(sub)
             if late:  # as nats.go's ErrDrainTimeout: reported, and their rest is dropped
                 for sub in late:
                     sub._discard()
@@ -716,9 +715,9 @@ class MessageBus(Handler):
             self._report_error(exc)
             return None
         return make_message(
-            subject.decode("utf-8", "surrogateescape"),
+            _text(subject),
             payload,
-            reply.decode("utf-8", "surrogateescape") if reply is not None else None,
+            _text(reply) if reply is not None else None,
             headers,
             ctx,
             status,
@@ -737,13 +736,7 @@ class MessageBus(Handler):
             try:
                 msg = Message(subject.decode(), payload, reply.decode() if reply else None, None, sub)
             except UnicodeDecodeError:  # NATS subjects are bytes: keep them, byte for byte
-                msg = Message(
-                    subject.decode("utf-8", "surrogateescape"),
-                    payload,
-                    reply.decode("utf-8", "surrogateescape") if reply else None,
-                    None,
-                    sub,
-                )
+                msg = Message(_text(subject), payload, _text(reply) if reply else None, None, sub)
         else:
             made = self._make_msg(subject, reply, payload, hdr, sub)
             if made is None:
@@ -796,7 +789,6 @@ class MessageBus(Handler):
         self._status_q.put((self._on_reconnect, ()))
 
     def _on_connection_closed(self, err: BaseException) -> None:
-        self._close_cause = err
         if err is not self._last_server_error:  # a refusal was reported when it came
             self._report_error(err)
         self.close()
@@ -857,12 +849,9 @@ class MessageBus(Handler):
             raise self._closed_error()
 
     def _closed_error(self, text: str = "the bus is closed") -> ConnectionClosedError:
-        """What calls on a closed bus raise: with the reason (e.g. the refusal that ended
-        reconnecting) as message suffix and ``__cause__``."""
-        cause = self._close_cause
-        err = ConnectionClosedError(text + (f": {cause}" if cause else ""))
-        err.__cause__ = cause
-        return err
+        """What calls on a closed bus raise: the connection's, with the reason it gave up
+        (e.g. the refusal that ended reconnecting) as message suffix and ``__cause__``."""
+        return self._conn._closed_error(text)
 
     @property
     def threads(self) -> List[threading.Thread]:
@@ -907,6 +896,12 @@ def _check_reply(subject: str, msg: Message) -> Message:
             code = 500
         raise ServiceError(h[SERVICE_ERROR_HEADER], code, msg)
     return msg
+
+
+def _text(subject: bytes) -> str:
+    """A received subject as text; bytes that are not UTF-8 survive as surrogates, and
+    ``validate_subject`` encodes them back unchanged."""
+    return subject.decode("utf-8", "surrogateescape")
 
 
 def connect(servers: Union[str, Sequence[str]] = DEFAULT_SERVER, **options: Any) -> MessageBus:

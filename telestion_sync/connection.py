@@ -166,6 +166,16 @@ def _server_error(text: str, url: str) -> Error:
     return Error(f"server {url} reported: {text}")
 
 
+def _hang_up(sock: Any) -> None:
+    """End a connection without closing the socket: threads blocked on it see EOF or an error
+    at once, and the one that owns it closes it (:meth:`Connection._release`). Closing it under
+    a blocked thread would free the descriptor number for reuse by another socket."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class Handler:
     """What the connection calls back into (implemented by the client).
 
@@ -219,9 +229,7 @@ class _Server:
 class _Link:
     """One socket and the reader and writer threads that serve it."""
 
-    __slots__ = (
-        "sock", "server", "reader", "writer", "alive", "draining", "drainer", "users", "last_error"
-    )
+    __slots__ = ("sock", "server", "reader", "writer", "alive", "drainer", "users", "last_error")
 
     def __init__(self, sock: socket.socket, server: _Server) -> None:
         self.sock = sock
@@ -229,7 +237,7 @@ class _Link:
         self.reader: Optional[threading.Thread] = None
         self.writer: Optional[threading.Thread] = None
         self.alive = True
-        self.draining = False  # being left (lame duck): its writer stops, its reader goes on
+        # Set while the link is being left (lame duck): its writer stops, its reader goes on.
         self.drainer: Optional[threading.Thread] = None
         # Threads using the socket; the last one to finish closes it. Everyone else only shuts
         # it down: closing under a thread blocked on the descriptor lets the number be reused,
@@ -246,6 +254,14 @@ class _Pong:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.ok = True
+
+
+def _fail(waiters: Sequence[Optional[_Pong]]) -> None:
+    """Wake flush() calls whose PING died with a link (None: a timer ping, nobody waits)."""
+    for w in waiters:
+        if w is not None:
+            w.ok = False
+            w.event.set()
 
 
 class Connection:
@@ -596,15 +612,15 @@ class Connection:
                 addr = parse_server(f"{scheme}://{hostport}")
             except (ValueError, TypeError):
                 continue
-            addr = dataclasses.replace(
-                addr, user=current.user, password=current.password, token=current.token
-            )
             if (addr.host, addr.port) in known:
                 continue
             if len(added) >= room:
                 log.warning("ignoring discovered servers beyond %d", MAX_DISCOVERED_SERVERS)
                 break
             known.add((addr.host, addr.port))
+            addr = dataclasses.replace(
+                addr, user=current.user, password=current.password, token=current.token
+            )
             self._pool.insert(
                 random.randint(0, len(self._pool)) if self._randomize else len(self._pool),
                 _Server(addr, discovered=True),
@@ -721,14 +737,14 @@ class Connection:
         while True:
             stale = False
             with cond:
-                while link.alive and not link.draining and not (self.connected and self._wbuf):
+                while link.alive and link.drainer is None and not (self.connected and self._wbuf):
                     left = next_ping - time.monotonic()
                     if left <= 0:
                         break
                     self._writer_waiting = True
                     cond.wait(left)
                     self._writer_waiting = False
-                if not link.alive or link.draining:
+                if not link.alive or link.drainer is not None:
                     return
                 if time.monotonic() >= next_ping:
                     next_ping = time.monotonic() + interval
@@ -744,7 +760,7 @@ class Connection:
                 return
             with self._send_lock:
                 with self._wlock:
-                    if not link.alive or link.draining:
+                    if not link.alive or link.drainer is not None:
                         return
                     data = self._take()
                 if data:
@@ -859,9 +875,8 @@ class Connection:
         publishes go into the reconnect buffer for the next one, while a thread of its own
         finishes with this link (:meth:`_drain_link`)."""
         with self._wlock:
-            if not link.alive or link.draining or self._link is not link or self.closed:
+            if not link.alive or link.drainer is not None or self._link is not link or self.closed:
                 return
-            link.draining = True
             link.users += 1
             data = self._take()  # taken now, so it does not count against the reconnect buffer
             data += PING_FRAME
@@ -895,12 +910,12 @@ class Connection:
             if not link.alive:
                 return
             link.alive = False
-            self._retire(link)
+            self._track(link.reader, link.writer)
             if self._link is link:
                 self._last_reader = link.reader
             if self._link is not link or self.closed:
                 self._wcond.notify_all()
-                self._hang_up(link)
+                _hang_up(link.sock)
                 return
             # PINGs still in the buffer go to the next server and keep their waiters; the
             # ones already sent died with this link, so their flush() calls try again.
@@ -914,35 +929,14 @@ class Connection:
             # Without reconnects the client closes the bus right after this.
             self._set_state(State.RECONNECTING if self.allow_reconnect else State.CLOSED)
             self._wcond.notify_all()
-        self._hang_up(link)
-        for w in gone:
-            if w is not None:
-                w.ok = False
-                w.event.set()
+        _hang_up(link.sock)
+        _fail(gone)
         log.info("connection to %s lost: %s", link.server.addr.url, cause)
         self._handler._on_disconnected(cause)
         if self.allow_reconnect:
             self._start_reconnect()
         else:
             self._give_up(cause)
-
-    @staticmethod
-    def _shutdown(sock: socket.socket) -> None:
-        """Shut down and close a socket no thread of ours is using (a handshake's)."""
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
-
-    @staticmethod
-    def _hang_up(link: _Link) -> None:
-        """End a link's connection: its threads see EOF or an error at once and finish; the
-        last of them closes the socket (:meth:`_release`)."""
-        try:
-            link.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _release(self, link: _Link) -> None:
         """A thread is done with the link's socket; the last one closes it."""
@@ -955,18 +949,18 @@ class Connection:
             except OSError:
                 pass
 
-    def _retire(self, link: _Link) -> None:
-        """Keep a given-up link's threads where close() joins them (called with _wlock held)."""
+    def _track(self, *threads: Optional[threading.Thread]) -> None:
+        """Keep threads that are not the live link's (a given-up link's, reconnect and drain
+        threads) where close() joins them (called with _wlock held)."""
         self._aux = [t for t in self._aux if t.is_alive()]
-        self._aux += [t for t in (link.reader, link.writer) if t is not None]
+        self._aux += [t for t in threads if t is not None]
 
     def _spawn(self, target: Callable[..., Any], *args: Any) -> threading.Thread:
-        """Start a helper thread (reconnect loop, lame-duck drain) where close() finds and
-        joins it (called with _wlock held, so close() never sees it unstarted)."""
+        """Start a helper thread (reconnect loop, lame-duck drain) that close() joins (called
+        with _wlock held, so close() never sees it unstarted)."""
         t = threading.Thread(target=target, args=args, name="telestion_sync-reconnect", daemon=True)
         t.start()
-        self._aux = [x for x in self._aux if x.is_alive()]
-        self._aux.append(t)
+        self._track(t)
         return t
 
     def _start_reconnect(self) -> None:
@@ -1026,8 +1020,9 @@ class Connection:
                 log.debug("reconnect to %s failed: %s", srv.addr.url, exc)
                 continue
             with self._wlock:
-                if self.closed:
-                    self._shutdown(sock)
+                if self.closed:  # no thread of ours uses this socket yet
+                    _hang_up(sock)
+                    sock.close()
                     return
                 frames = self._handler._resubscribe_frames()
                 self._wbuf[:0] = frames  # subscriptions first, then what was buffered
@@ -1084,16 +1079,10 @@ class Connection:
         self._closed_event.set()
         sock = self._connecting_sock
         if sock is not None:  # a handshake in progress fails at once and closes its socket
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for w in waiters:
-            if w is not None:
-                w.ok = False
-                w.event.set()
+            _hang_up(sock)
+        _fail(waiters)
         if link is not None:
-            self._hang_up(link)
+            _hang_up(link.sock)
         deadline = time.monotonic() + timeout
         while True:  # a helper may start another (a drain starts the reconnect loop)
             with self._wlock:

@@ -315,10 +315,10 @@ class Subscription(MessageContext):
         if self._callback is None and not self._queue:
             self._finish()
 
-    def _discard(self) -> None:
+    def _discard(self, error: Optional[BaseException] = None) -> None:
         """End now: what is pending is dropped (close, a drain that timed out, the limit)."""
         self._queue.clear()
-        self._close()
+        self._close(error)
 
     def _finish(self) -> None:
         self._finished = True
