@@ -68,6 +68,11 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def ms_or_never(seconds: Optional[float]) -> str:
+    """A reconnect delay for the output: milliseconds, or "never"."""
+    return "never" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
 def open_fds() -> int:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -275,13 +280,10 @@ class Soak:
         info["buffered"] = self.buffered - buffered_before
         info["down"] = t_up - t_kill
         self.restarts.append(info)
-
-        def secs(x: Optional[float]) -> str:
-            return "never" if x is None else f"{x * 1000:.0f} ms"
-
         self.say(
             f"restart #{n}: killed at #{seq_kill}, server back after {info['down']:.2f} s; "
-            f"reconnected pub {secs(info['pub'])}, other {secs(info['other'])} after that (on_reconnect); "
+            f"reconnected pub {ms_or_never(info['pub'])}, other {ms_or_never(info['other'])} "
+            "after that (on_reconnect); "
             f"{info['buffered']} publishes buffered; in-flight window #{window[0]}..#{window[1]}"
         )
 
@@ -431,10 +433,9 @@ class Soak:
               f"{self.rejected} rejected by a full reconnect buffer and retried)")
         print(f"server restarts     {len(self.restarts)}")
         for info in self.restarts:
-            pub = "never" if info["pub"] is None else f"{info['pub'] * 1000:.0f} ms"
-            oth = "never" if info["other"] is None else f"{info['other'] * 1000:.0f} ms"
             print(f"  #{info['n']} at {info['at']:.1f} s: buffered {info['buffered']}, "
-                  f"reconnect after restart pub {pub} / other {oth}")
+                  f"reconnect after restart pub {ms_or_never(info['pub'])} / "
+                  f"other {ms_or_never(info['other'])}")
         for r, d in ((s, dropped[0]), (o, dropped[1])):
             print(f"{r.name:<10}          received {r.received}, lost buffered {r.lost_buffered}, "
                   f"in flight at kill {r.lost_inflight}, unexplained {r.lost_unexplained}, "

@@ -23,16 +23,16 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _not_started(env: Dict[str, str]) -> Dict[str, Any]:
+    """The result before (or without) a started service."""
+    return {"started": False, "nats_api_available": False, "nats_connected": False, "env": env}
+
+
 def run() -> Dict[str, Any]:
     """Start the service as the environment and CLI say, report what happened, close it."""
     env = dict(os.environ)
     nats = env.get("X_DISABLE_NATS") != "1"
-    result: Dict[str, Any] = {
-        "started": False,
-        "nats_api_available": False,
-        "nats_connected": False,
-        "env": env,
-    }
+    result = _not_started(env)
     try:
         import telestion_sync as ts
 
@@ -54,13 +54,7 @@ def main() -> int:
     try:
         result = run()
     except Exception as exc:  # anything unexpected still ends in one JSON line and exit 0
-        result = {
-            "started": False,
-            "nats_api_available": False,
-            "nats_connected": False,
-            "env": dict(os.environ),
-            "error": f"{type(exc).__name__}: {exc}",
-        }
+        result = {**_not_started(dict(os.environ)), "error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.flush()
     print(json.dumps(result), flush=True)
     return 0

@@ -124,21 +124,22 @@ def _progress(done: int, total: int, stream: TextIO, start: float) -> None:
     stream.flush()
 
 
+def _text_or_hex(data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data.hex(" ")
+
+
 def _show_data(msg: Message, raw: bool) -> str:
     if raw:
-        try:
-            return msg.payload.decode()
-        except UnicodeDecodeError:
-            return msg.payload.hex(" ")
+        return _text_or_hex(msg.payload)
     try:
         data = msg.data
     except Error as exc:
         return f"<undecodable: {exc}> {msg.payload!r}"
     if isinstance(data, (bytes, bytearray)):
-        try:
-            return bytes(data).decode()
-        except UnicodeDecodeError:
-            return bytes(data).hex(" ")
+        return _text_or_hex(bytes(data))
     return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default)
 
 
@@ -228,9 +229,10 @@ def _headers(pairs: Optional[List[str]]) -> Optional[Dict[str, List[str]]]:
 
 
 def _codec(args: argparse.Namespace) -> Optional[str]:
-    if getattr(args, "cbor", False):
+    """The codec --cbor / --raw ask for (pub, request), else None: the bus's default."""
+    if args.cbor:
         return "cbor"
-    if getattr(args, "raw", False):
+    if args.raw:
         return "raw"
     return None
 
@@ -278,15 +280,15 @@ def cmd_server(args: argparse.Namespace) -> int:
         if args.websocket_port:
             first.websocket_port = args.websocket_port
     else:
-        auth_kw = dict(user=args.user, password=args.password) if args.user is not None else {}
         nodes = [
             NatsServer(
                 args.port,
                 host=args.host,
+                user=args.user,
+                password=args.password,
                 monitor_port=args.monitor_port or None,
                 websocket_port=args.websocket_port or None,
                 jetstream=args.jetstream,
-                **auth_kw,
             )
         ]
     stop = threading.Event()
@@ -349,12 +351,13 @@ def _fail_on_reported(errors: _ErrorLog, bus: MessageBus) -> None:
 def cmd_pub(args: argparse.Namespace) -> int:
     data = _payload(args)
     headers = _headers(args.header)
+    codec = _codec(args)
     errors = _ErrorLog()
     with _connect(args, errors) as bus:
         start = time.perf_counter()
         step = max(1, args.count // 100)
         for i in range(args.count):
-            bus.publish(args.subject, data, headers=headers, codec=_codec(args))
+            bus.publish(args.subject, data, headers=headers, codec=codec)
             if (i + 1) % step == 0 or i + 1 == args.count:
                 _progress(i + 1, args.count, sys.stderr, start)
         bus.flush(timeout=10)
@@ -478,7 +481,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             step = max(1, n // 100)
             for i in range(n):
                 bus.publish("bench.pub", payload)
-                if (i + 1) % step == 0:
+                if (i + 1) % step == 0 or i + 1 == n:
                     _progress(i + 1, n, sys.stderr, start)
             bus.flush(timeout=60)
             rows.append(["publish", f"{n / (time.perf_counter() - start):,.0f} msg/s"])

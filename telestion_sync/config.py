@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 from .errors import ConfigError
@@ -108,8 +109,6 @@ def load_config(
     :class:`ConfigError` naming every missing required key (and suggesting ``--dev``), or naming
     the config file and key that could not be used.
     """
-    import sys
-
     cli = parse_args(sys.argv[1:] if argv is None else argv)
     environ = dict(os.environ if env is None else env)
     extra = dict(overrides or {})

@@ -122,6 +122,7 @@ class NatsServer:
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._dir = tempfile.mkdtemp(prefix="telestion-sync-nats-")
         self.log_path = os.path.join(self._dir, "server.log")
+        self._pid_path = os.path.join(self._dir, "server.pid")
 
     @property
     def url(self) -> str:
@@ -129,18 +130,21 @@ class NatsServer:
         return f"nats://{self.host}:{self.port}"
 
     def _write_config(self) -> str:
-        conf = [f'listen: "{self.host}:{self.port}"', f'pid_file: "{self._dir}/server.pid"']
+        def at(port: int) -> str:
+            return _quote(f"{self.host}:{port}")
+
+        conf = [f"listen: {at(self.port)}", f"pid_file: {_quote(self._pid_path)}"]
         if self.name:
-            conf.append(f'server_name: "{self.name}"')
+            conf.append(f"server_name: {_quote(self.name)}")
         if self.user is not None:
             user, password = _quote(self.user), _quote(self.password or "")
             conf.append(f"authorization {{ user: {user}, password: {password} }}")
         if self.monitor_port is not None:
-            conf.append(f'http: "{self.host}:{self.monitor_port}"')
+            conf.append(f"http: {at(self.monitor_port)}")
         if self.websocket_port is not None:
-            conf.append(f'websocket {{ listen: "{self.host}:{self.websocket_port}", no_tls: true }}')
+            conf.append(f"websocket {{ listen: {at(self.websocket_port)}, no_tls: true }}")
         if self.jetstream:
-            conf.append(f'jetstream {{ store_dir: "{self._dir}/js" }}')
+            conf.append(f"jetstream {{ store_dir: {_quote(os.path.join(self._dir, 'js'))} }}")
         if self.config:
             conf.append(self.config)
         path = os.path.join(self._dir, "server.conf")
@@ -210,7 +214,7 @@ class NatsServer:
     def signal(self, sig: str) -> None:
         """Send a nats-server signal by name: ``ldm`` (lame duck), ``reload``, ``quit``..."""
         subprocess.run(
-            [nats_server_binary(), "--signal", f"{sig}={self._dir}/server.pid"],
+            [nats_server_binary(), "--signal", f"{sig}={self._pid_path}"],
             check=True,
             capture_output=True,
             timeout=10,
@@ -286,10 +290,11 @@ class NatsCluster:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         route_ports = [free_port(host) for _ in range(size)]
-        routes = ", ".join(f'"nats://{host}:{p}"' for p in route_ports)
+        routes = ", ".join(_quote(f"nats://{host}:{p}") for p in route_ports)
         self.nodes: List[NatsServer] = []
         for i, port in enumerate(route_ports):
-            cluster = f'cluster {{ name: "{name}", listen: "{host}:{port}", routes: [{routes}] }}'
+            listen = _quote(f"{host}:{port}")
+            cluster = f"cluster {{ name: {_quote(name)}, listen: {listen}, routes: [{routes}] }}"
             self.nodes.append(
                 NatsServer(
                     host=host,

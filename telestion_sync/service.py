@@ -160,11 +160,13 @@ class Service:
         *,
         description: str = "",
         version: str = "0.0.0",
+        data_dir: Optional[Path] = None,
     ) -> None:
         _check_version(version)
         self.config = config
         self.service_name: str = str(config["SERVICE_NAME"])
-        self.data_dir = make_data_dir(config)
+        # start_service made it already (before connecting); made here when built directly
+        self.data_dir = data_dir if data_dir is not None else make_data_dir(config)
         self._bus = bus
         self._errors = errors
         self.id = secrets.token_hex(11)
@@ -341,7 +343,7 @@ def start_service(
     """
     _check_version(version)  # a programming error: fails before reading config or connecting
     config = load_config(argv, env, overrides)
-    make_data_dir(config)  # a bad DATA_DIR fails before connecting, not hidden by a dead server
+    data_dir = make_data_dir(config)  # a bad DATA_DIR fails before connecting, not hidden by a dead server
     errors = _ErrorWindow(connect_options.pop("on_error", None))
     bus = None
     if nats:
@@ -352,7 +354,7 @@ def start_service(
             connect_options.setdefault("password", str(config["NATS_PASSWORD"]))
         bus = connect(str(config["NATS_URL"]), on_error=errors, **connect_options)
     try:
-        service = Service(config, bus, errors, description=description, version=version)
+        service = Service(config, bus, errors, description=description, version=version, data_dir=data_dir)
     except BaseException:
         if bus is not None:
             bus.close()
