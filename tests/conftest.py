@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterable, Iterator, List
 
 import pytest
 from hypothesis import settings
@@ -40,6 +41,58 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
     while not predicate():
         assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
         time.sleep(0.005)
+
+
+def join_all(threads: Iterable[threading.Thread], timeout: float = 20.0, what: str = "a thread") -> None:
+    """Join ``threads`` within one shared ``timeout``; fail if any is still running."""
+    deadline = time.monotonic() + timeout
+    threads = list(threads)
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    hung = [t.name for t in threads if t.is_alive()]
+    assert not hung, f"{what} did not end within {timeout} s: {hung}"
+
+
+def wait_for_line(stream: Any, needle: str = "", timeout: float = 20) -> str:
+    """Read lines from a child's text stream until one contains ``needle`` (by default: the
+    next line), on a thread, so the wait has a timeout."""
+    found: List[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            for line in stream:
+                if needle in line:
+                    found.append(line)
+                    return
+        finally:
+            done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    assert done.wait(timeout), f"{needle!r} not seen within {timeout} s"
+    assert found, f"the stream ended without a line containing {needle!r}"
+    return found[0]
+
+
+_CONFIG_KEYS = {"SERVICE_NAME", "DATA_DIR", "X_DISABLE_NATS"}
+
+
+def clean_env() -> Dict[str, str]:
+    """The test process's environment without any Telestion configuration in it (for child
+    processes that must see only the configuration a test gives them)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NATS_", "CONFIG_")) and k not in _CONFIG_KEYS
+    }
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler installed (Linux: SigCgt in /proc), i.e.
+    a signal sent now reaches its handler instead of the default action."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(line for line in f if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
 
 
 class ErrorLog:

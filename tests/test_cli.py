@@ -7,9 +7,8 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
@@ -18,7 +17,7 @@ import telestion_sync as ts
 from telestion_sync.server import NatsServer, free_port
 
 from . import authgen
-from .conftest import wait_until
+from .conftest import wait_for_line, wait_until
 from .tlsutil import TLSFiles
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,31 +61,28 @@ def assert_fails_in_one_line(proc: subprocess.CompletedProcess, words: str, code
     assert words in proc.stderr, proc.stderr
 
 
-def start(*args: str, url: Optional[str] = None) -> subprocess.Popen:
-    return subprocess.Popen(
+@contextmanager
+def started(*args: str, url: Optional[str] = None) -> Iterator[subprocess.Popen]:
+    """The command running in the background; killed (if still running) and reaped on leaving."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "telestion_sync", *args],
         env=cli_env(url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
-def wait_for_line(stream: Any, needle: str, timeout: float = 20) -> str:
-    """Read lines until one contains ``needle`` (on a thread, so the wait has a timeout)."""
-    found: List[str] = []
-    done = threading.Event()
-
-    def reader() -> None:
-        for line in stream:
-            if needle in line:
-                found.append(line)
-                done.set()
-                return
-
-    threading.Thread(target=reader, daemon=True).start()
-    assert done.wait(timeout), f"{needle!r} not seen within {timeout} s"
-    return found[0]
+def assert_stops_cleanly(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM (Ctrl-C's effect on the server command) ends it with exit code 0."""
+    proc.terminate()
+    proc.communicate(timeout=timeout)
+    assert proc.returncode == 0
 
 
 @pytest.fixture
@@ -121,29 +117,23 @@ def test_pub_from_file(server: NatsServer, watcher: ts.MessageBus, tmp_path: Any
 
 
 def test_sub_prints_decoded_messages(server: NatsServer, watcher: ts.MessageBus) -> None:
-    proc = start("sub", "cli.sub.*", "--count", "2", url=server.url)
-    try:
+    with started("sub", "cli.sub.*", "--count", "2", url=server.url) as proc:
         wait_for_line(proc.stderr, "listening on cli.sub.*")
         watcher.publish("cli.sub.a", {"celsius": 21.5})
         watcher.publish("cli.sub.b", {"blob": b"\x01"}, codec="cbor")
         out, _ = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
     assert proc.returncode == 0
     assert "cli.sub.a" in out and '"celsius": 21.5' in out
     assert "cli.sub.b" in out and "Content-Type: application/cbor" in out and "0x01" in out
 
 
 def test_request_and_reply_commands(server: NatsServer, watcher: ts.MessageBus) -> None:
-    responder = start("reply", "cli.svc", "--answer", '{"ok": true}', "--count", "1", url=server.url)
-    try:
+    with started("reply", "cli.svc", "--answer", '{"ok": true}', "--count", "1", url=server.url) as responder:
         wait_for_line(responder.stderr, "answering requests on cli.svc")
         proc = run("request", "cli.svc", '{"q": 1}', url=server.url)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout) == {"ok": True}
         assert responder.wait(20) == 0
-    finally:
-        responder.kill()
     watcher.reply("cli.echo", lambda msg: msg.data)
     watcher.flush()
     proc = run("request", "cli.echo", "[1, 2]", url=server.url)
@@ -153,8 +143,7 @@ def test_request_and_reply_commands(server: NatsServer, watcher: ts.MessageBus) 
 def test_reply_echo_keeps_the_request_headers(server: NatsServer, watcher: ts.MessageBus) -> None:
     """The echo answers with the request's headers, so a CBOR request round-trips (without its
     Content-Type the reply came back as undecodable bytes)."""
-    responder = start("reply", "cli.echo", "--count", "2", url=server.url)
-    try:
+    with started("reply", "cli.echo", "--count", "2", url=server.url) as responder:
         wait_for_line(responder.stderr, "answering requests on cli.echo")
         proc = run("request", "cli.echo", '{"b": [1, 2]}', "--cbor", url=server.url)
         assert proc.returncode == 0, proc.stderr
@@ -162,29 +151,23 @@ def test_reply_echo_keeps_the_request_headers(server: NatsServer, watcher: ts.Me
         reply = watcher.request("cli.echo", b"\x01", headers={"Trace": "7"}, timeout=10)
         assert reply.payload == b"\x01" and reply.headers["Trace"] == "7"
         assert responder.wait(20) == 0
-    finally:
-        responder.kill()
 
 
 def test_reply_and_sub_end_in_one_line_when_the_server_dies(server: NatsServer) -> None:
     """Without reconnects, a lost connection ends `reply` (it waited forever) and `sub` (it
     printed the error up to three times) at once, with one line."""
-    reply = start("reply", "cli.gone", url=server.url)
-    sub = start("sub", "cli.gone", url=server.url)
-    try:
-        wait_for_line(reply.stderr, "answering requests on cli.gone")
-        wait_for_line(sub.stderr, "listening on cli.gone")
-        server.kill()
-        for proc in (reply, sub):
-            assert proc.wait(10) == 1
-            assert proc.stderr is not None
-            rest = proc.stderr.read()
-            assert "Traceback" not in rest
-            assert len(rest.strip().splitlines()) == 1, rest
-            assert "closed" in rest
-    finally:
-        reply.kill()
-        sub.kill()
+    with started("reply", "cli.gone", url=server.url) as reply:
+        with started("sub", "cli.gone", url=server.url) as sub:
+            wait_for_line(reply.stderr, "answering requests on cli.gone")
+            wait_for_line(sub.stderr, "listening on cli.gone")
+            server.kill()
+            for proc in (reply, sub):
+                assert proc.wait(10) == 1
+                assert proc.stderr is not None
+                rest = proc.stderr.read()
+                assert "Traceback" not in rest
+                assert len(rest.strip().splitlines()) == 1, rest
+                assert "closed" in rest
 
 
 @pytest.mark.parametrize(
@@ -322,32 +305,24 @@ def test_health_lists_services(server: NatsServer, tmp_path: Any) -> None:
 
 def test_server_command_starts_and_stops_cleanly() -> None:
     port, monitor, ws = free_port(), free_port(), free_port()
-    proc = start("server", "-p", str(port), "--monitor-port", str(monitor), "--websocket-port", str(ws))
-    try:
+    with started(
+        "server", "-p", str(port), "--monitor-port", str(monitor), "--websocket-port", str(ws)
+    ) as proc:
         wait_for_line(proc.stdout, "press Ctrl-C to stop")
         with ts.connect(f"127.0.0.1:{port}") as bus:
             assert bus.rtt() < 5
-        proc.terminate()
-        out, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0
-    finally:
-        proc.kill()
+        assert_stops_cleanly(proc)
 
 
 def test_server_command_cluster() -> None:
-    proc = start("server", "--cluster", "3", "-p", "0")
-    try:
+    with started("server", "--cluster", "3", "-p", "0") as proc:
         line = wait_for_line(proc.stdout, "nats-server", timeout=30)
         url = line.split()[-1]
         wait_for_line(proc.stdout, "press Ctrl-C to stop", timeout=30)
         with ts.connect(url) as bus:
             # The other nodes are announced in an INFO that may come after connect() returned.
             wait_until(lambda: len(bus.discovered_servers) == 2, what="two discovered servers")
-        proc.terminate()
-        proc.communicate(timeout=30)
-        assert proc.returncode == 0
-    finally:
-        proc.kill()
+        assert_stops_cleanly(proc)
 
 
 def test_server_command_reports_a_busy_port() -> None:
@@ -365,11 +340,10 @@ def test_server_command_cluster_honours_user_and_port() -> None:
     """--user/--password protect every node of --cluster (they were ignored while the command
     said a user was set), and -p is the first node's port."""
     port = free_port()
-    proc = start(
+    with started(
         "server", "--cluster", "2", "-p", str(port), "--monitor-port", "0", "--websocket-port", "0",
         "--user", "al\"ice", "--password", "s3\\cret",
-    )  # fmt: skip
-    try:
+    ) as proc:  # fmt: skip
         line = wait_for_line(proc.stdout, "nats-server", timeout=30)
         assert line.split()[-1] == f"nats://127.0.0.1:{port}"
         wait_for_line(proc.stdout, "press Ctrl-C to stop", timeout=30)
@@ -380,11 +354,7 @@ def test_server_command_cluster_honours_user_and_port() -> None:
             other = bus.discovered_servers[0]
         with pytest.raises(ts.AuthenticationError):
             ts.connect(other, connect_timeout=5).close()
-        proc.terminate()
-        proc.communicate(timeout=30)
-        assert proc.returncode == 0
-    finally:
-        proc.kill()
+        assert_stops_cleanly(proc)
 
 
 def test_bench_command_prints_a_summary(server: NatsServer) -> None:

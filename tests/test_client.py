@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import telestion_sync as ts
 from telestion_sync.server import NatsServer, free_port
 
-from .conftest import wait_until
+from .conftest import join_all, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -287,8 +286,7 @@ def test_many_threads_share_one_bus(bus: ts.MessageBus) -> None:
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
     for th in threads:
         th.start()
-    for th in threads:
-        th.join(20)
+    join_all(threads, 20)
     assert not failures
     assert bus.stats.out_msgs >= 8 * 200
 
@@ -308,6 +306,9 @@ def test_bad_publish_subjects_are_refused(bus: ts.MessageBus, subject: str) -> N
 def test_bad_subscribe_subjects_are_refused(bus: ts.MessageBus, subject: str) -> None:
     with pytest.raises(ts.BadSubjectError):
         bus.subscribe(subject)
+
+
+def test_bad_queue_group_names_are_refused(bus: ts.MessageBus) -> None:
     with pytest.raises(ts.BadSubjectError):
         bus.subscribe("ok", queue="bad queue")
 
@@ -509,8 +510,7 @@ def test_close_wakes_blocked_calls(server: NatsServer) -> None:
         t.start()
     wait_until(lambda: bool(bus._resp_map), what="the request registered")
     bus.close()
-    for t in threads:
-        t.join(5)
+    join_all(threads, 5, what="a blocked call")
     assert len(outcomes) == 2
     assert all(isinstance(e, ts.ConnectionClosedError) for e in outcomes)
 
@@ -527,11 +527,10 @@ def test_bus_drain_delivers_pending_then_closes(server: NatsServer) -> None:
     assert bus.is_closed
 
 
-def test_server_going_away_closes_the_bus_without_reconnects(errors: Any) -> None:
-    srv = NatsServer().start()
+def test_server_going_away_closes_the_bus_without_reconnects(server: NatsServer, errors: Any) -> None:
     closed = threading.Event()
-    bus = ts.connect(srv.url, on_error=errors, on_close=closed.set, allow_reconnect=False)
-    srv.kill()
+    bus = ts.connect(server.url, on_error=errors, on_close=closed.set, allow_reconnect=False)
+    server.kill()
     assert closed.wait(5)
     errors.wait(ts.Error)
     assert bus.is_closed
@@ -549,9 +548,8 @@ for i in range(1000):
 def test_script_that_forgets_close_exits_and_flushes(bus: ts.MessageBus) -> None:
     sub = bus.subscribe("exit.test")
     bus.flush()
-    env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, bus.connected_url or ""], timeout=20, env=env, capture_output=True
+        [sys.executable, "-c", SCRIPT, bus.connected_url or ""], timeout=20, capture_output=True
     )
     assert proc.returncode == 0, proc.stderr
     got = [int(sub.next_msg(5).payload) for _ in range(1000)]
@@ -633,7 +631,7 @@ def test_close_does_not_deliver_what_is_pending_to_callbacks(server: NatsServer)
     def slow(msg: ts.Message) -> None:
         started.set()
         calls.append(1)
-        time.sleep(0.2)
+        time.sleep(0.2)  # a slow callback (its running time, not a wait for anything)
 
     subs = [bus.subscribe(f"pend.{i}", slow) for i in range(3)]
     for i in range(3):
@@ -654,7 +652,7 @@ def test_drain_that_times_out_is_reported_and_stops_the_callbacks(server: NatsSe
 
     def slow(msg: ts.Message) -> None:
         calls.append(1)
-        time.sleep(0.1)
+        time.sleep(0.1)  # a slow callback: 50 of them outlast the drain's 0.5 s
 
     sub = bus.subscribe("slowdrain", slow)
     for _ in range(50):

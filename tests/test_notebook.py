@@ -44,6 +44,7 @@ def test_telemetry_notebook_runs_headless(server: NatsServer, monkeypatch: pytes
     finally:
         stop.set()
         publisher.join(10)
+    assert not publisher.is_alive(), "the telemetry publisher did not stop"
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     texts = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import pytest
 
+import telestion_sync as ts
 from telestion_sync.server import NatsServer
 
-from .conftest import wait_until
+from .conftest import catches_sigterm, clean_env, wait_for_line, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,22 +36,10 @@ def point_at(code: str, srv: NatsServer) -> str:
     return code.replace("localhost:4222", f"{srv.host}:{srv.port}")
 
 
-def env_without_config() -> Dict[str, str]:
-    drop = {"NATS_URL", "NATS_USER", "NATS_PASSWORD", "SERVICE_NAME", "DATA_DIR", "CONFIG_FILE"}
-    return {k: v for k, v in os.environ.items() if k not in drop}
-
-
-def catches_sigterm(pid: int) -> bool:
-    """Whether the process has a SIGTERM handler installed (Linux: SigCgt in /proc)."""
-    with open(f"/proc/{pid}/status") as f:
-        caught = next(line for line in f if line.startswith("SigCgt:"))
-    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-
-
 def test_quickstart_runs_as_written(server: NatsServer) -> None:
     code = point_at(block_with("ts.connect("), server)
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env_without_config()
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=clean_env()
     )
     assert out.returncode == 0, out.stderr
     # the callback's line, then (after the bus closed) the pulled message, the sum, and no
@@ -64,16 +51,13 @@ def test_quickstart_runs_as_written(server: NatsServer) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_service_example_starts_and_stops_on_sigterm(server: NatsServer, tmp_path: Path) -> None:
     code = block_with("ts.start_service()")
-    env = dict(env_without_config(), NATS_URL=server.url, SERVICE_NAME="readme", DATA_DIR=str(tmp_path))
+    env = dict(clean_env(), NATS_URL=server.url, SERVICE_NAME="readme", DATA_DIR=str(tmp_path))
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # printed once connected and configured
+        first = wait_for_line(proc.stdout)  # printed once connected and configured
         assert first.split()[0] == "readme", first
-        import telestion_sync as ts
-
         with ts.connect(server.url) as bus:
             assert bus.request("svc.add", {"a": 2, "b": 3}, timeout=10).data == 5
         wait_until(lambda: catches_sigterm(proc.pid), what="run_forever() handling SIGTERM")

@@ -14,7 +14,7 @@ import pytest
 import telestion_sync as ts
 from telestion_sync.server import NatsCluster, NatsServer
 
-from .conftest import wait_until
+from .conftest import join_all, wait_until
 from .proxy import TCPProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,62 +54,55 @@ def assert_exact(got: List[int], required: Set[int], label: str) -> None:
     assert not missing, f"{label}: {len(missing)} missing, e.g. {sorted(missing)[:10]}"
 
 
-def test_kill_and_restart_loses_nothing_that_was_buffered(errors: Any) -> None:
+def test_kill_and_restart_loses_nothing_that_was_buffered(server: NatsServer, errors: Any) -> None:
     """10,000 numbered messages at a steady pace; the server is killed -9 and restarted on the
     same port. Everything the server confirmed before the kill and everything published from
     the moment the client saw the outage arrives, once, in order, at a subscriber on the same
     bus and at one on a second bus (from its resubscription on). Only messages in flight when
     the server died (between the kill and the client noticing) may be missing."""
-    srv = NatsServer().start()
     reconnected = threading.Event()
-    other_ready = threading.Event()
-    try:
-        pub = ts.connect(srv.url, on_error=errors, **FAST)
-        other = ts.connect(srv.url, on_reconnect=reconnected.set, **FAST)
-        mine, theirs = Numbers(), Numbers()
-        pub.subscribe("soak", mine)
-        other.subscribe("soak", theirs)
-        pub.flush()
-        other.flush()
-        first_buffered = None
-        other_from = None
-        restarted = False
-        for i in range(10_000):
-            if i == 3_000:
-                pub.flush()  # 0..2999 reached both subscribers
-                other.flush()
-                srv.kill()
-            if not restarted and i >= 3_500 and first_buffered is not None:
-                srv.restart()  # once the client has seen the outage, however slow the machine
-                restarted = True
-            if first_buffered is None and pub.status is not ts.State.CONNECTED:
-                first_buffered = i
-            if other_from is None and reconnected.is_set():
-                other.flush(timeout=10)  # its SUB is on the new server from here on
-                other_ready.set()
-                other_from = i
-            pub.publish("soak", str(i).encode())
-            if i % 20 == 0:
-                time.sleep(0.002)  # a steady pace, about 10k msg/s
-        mine.wait_for(9_999)
-        theirs.wait_for(9_999)
-        assert first_buffered is not None and first_buffered >= 3_000
-        assert other_from is not None
-        assert_exact(mine.got, set(range(3_000)) | set(range(first_buffered, 10_000)), "same bus")
-        assert_exact(theirs.got, set(range(3_000)) | set(range(other_from, 10_000)), "second bus")
-        assert pub.stats.reconnects == 1
-        pub.close()
-        other.close()
-    finally:
-        srv.stop()
+    pub = ts.connect(server.url, on_error=errors, **FAST)
+    other = ts.connect(server.url, on_reconnect=reconnected.set, **FAST)
+    mine, theirs = Numbers(), Numbers()
+    pub.subscribe("soak", mine)
+    other.subscribe("soak", theirs)
+    pub.flush()
+    other.flush()
+    first_buffered = None
+    other_from = None
+    restarted = False
+    for i in range(10_000):
+        if i == 3_000:
+            pub.flush()  # 0..2999 reached both subscribers
+            other.flush()
+            server.kill()
+        if not restarted and i >= 3_500 and first_buffered is not None:
+            server.restart()  # once the client has seen the outage, however slow the machine
+            restarted = True
+        if first_buffered is None and pub.status is not ts.State.CONNECTED:
+            first_buffered = i
+        if other_from is None and reconnected.is_set():
+            other.flush(timeout=10)  # its SUB is on the new server from here on
+            other_from = i
+        pub.publish("soak", str(i).encode())
+        if i % 20 == 0:
+            time.sleep(0.002)  # a steady pace, about 10k msg/s
+    mine.wait_for(9_999)
+    theirs.wait_for(9_999)
+    assert first_buffered is not None and first_buffered >= 3_000
+    assert other_from is not None
+    assert_exact(mine.got, set(range(3_000)) | set(range(first_buffered, 10_000)), "same bus")
+    assert_exact(theirs.got, set(range(3_000)) | set(range(other_from, 10_000)), "second bus")
+    assert pub.stats.reconnects == 1
+    pub.close()
+    other.close()
 
 
-def test_queue_groups_and_auto_unsubscribe_limits_survive_a_restart() -> None:
+def test_queue_groups_and_auto_unsubscribe_limits_survive_a_restart(server: NatsServer) -> None:
     """After a restart the client re-subscribes with its queue groups (the group still splits
     the work, nothing is delivered twice) and with what is left of auto-unsubscribe limits."""
-    srv = NatsServer().start()
     reconnected = threading.Event()
-    bus = ts.connect(srv.url, on_reconnect=reconnected.set, **FAST)
+    bus = ts.connect(server.url, on_reconnect=reconnected.set, **FAST)
     try:
         workers = [bus.subscribe("jobs", queue="w") for _ in range(2)]
         limited = bus.subscribe("limited")
@@ -117,8 +110,8 @@ def test_queue_groups_and_auto_unsubscribe_limits_survive_a_restart() -> None:
         bus.publish("limited", b"1")
         bus.publish("limited", b"2")
         bus.flush()
-        srv.kill()
-        srv.restart()
+        server.kill()
+        server.restart()
         assert reconnected.wait(10)
         for i in range(200):
             bus.publish("jobs", b"%d" % i)
@@ -137,29 +130,26 @@ def test_queue_groups_and_auto_unsubscribe_limits_survive_a_restart() -> None:
             limited.next_msg(0.5)
     finally:
         bus.close()
-        srv.kill()
 
 
-def test_reconnect_wait_strategy_paces_the_rounds() -> None:
+def test_reconnect_wait_strategy_paces_the_rounds(server: NatsServer) -> None:
     """``reconnect_wait=`` (any tenacity wait strategy or callable) is asked before each round,
     with the round number as the attempt number (for exponential backoff)."""
-    srv = NatsServer().start()
     rounds: List[int] = []
 
     def wait(state: Any) -> float:
         rounds.append(state.attempt_number)
         return 0.02
 
-    bus = ts.connect(srv.url, reconnect_wait=wait, max_reconnect_attempts=-1)
+    bus = ts.connect(server.url, reconnect_wait=wait, max_reconnect_attempts=-1)
     try:
-        srv.kill()
+        server.kill()
         wait_until(lambda: len(rounds) >= 4, what="four reconnect rounds")
-        srv.restart()
+        server.restart()
         assert bus.wait_connected(10)
         assert rounds[:4] == [1, 2, 3, 4], rounds
     finally:
         bus.close()
-        srv.kill()
 
 
 def test_cluster_failover_with_one_url(cluster: NatsCluster) -> None:
@@ -368,32 +358,26 @@ def close_during_a_move() -> None:
                 node.kill()
 
 
-def test_reconnect_buffer_overflow_raises_and_keeps_what_fit() -> None:
-    srv = NatsServer().start()
+def test_reconnect_buffer_overflow_raises_and_keeps_what_fit(server: NatsServer) -> None:
     disconnected = threading.Event()
-    try:
-        bus = ts.connect(
-            srv.url, reconnect_buf_size=20_000, on_disconnect=disconnected.set, **FAST
-        )
-        sub = bus.subscribe("buf")
-        bus.flush()
-        srv.kill()
-        assert disconnected.wait(5)
-        accepted = 0
-        with pytest.raises(ts.OutboundBufferFullError, match="reconnect buffer"):
-            for i in range(10_000):
-                bus.publish("buf", b"%05d" % i)
-                accepted += 1
-        assert 100 < accepted < 10_000
-        srv.restart()
-        assert bus.wait_connected(10)
-        got = [int(sub.next_msg(5).payload) for _ in range(accepted)]
-        assert got == list(range(accepted))
-        with pytest.raises(ts.TimeoutError):
-            sub.next_msg(0.2)
-        bus.close()
-    finally:
-        srv.stop()
+    bus = ts.connect(server.url, reconnect_buf_size=20_000, on_disconnect=disconnected.set, **FAST)
+    sub = bus.subscribe("buf")
+    bus.flush()
+    server.kill()
+    assert disconnected.wait(5)
+    accepted = 0
+    with pytest.raises(ts.OutboundBufferFullError, match="reconnect buffer"):
+        for i in range(10_000):
+            bus.publish("buf", b"%05d" % i)
+            accepted += 1
+    assert 100 < accepted < 10_000
+    server.restart()
+    assert bus.wait_connected(10)
+    got = [int(sub.next_msg(5).payload) for _ in range(accepted)]
+    assert got == list(range(accepted))
+    with pytest.raises(ts.TimeoutError):
+        sub.next_msg(0.2)
+    bus.close()
 
 
 def test_slow_consumer_drops_then_resumes(server: NatsServer, errors: Any) -> None:
@@ -403,7 +387,7 @@ def test_slow_consumer_drops_then_resumes(server: NatsServer, errors: Any) -> No
         resumed = threading.Event()
 
         def slow(msg: ts.Message) -> None:
-            time.sleep(0.01)
+            time.sleep(0.01)  # a slow consumer: 10,000 messages overflow its 50 pending
             delivered.append(int(msg.payload))
             if msg.payload == b"99999":
                 resumed.set()
@@ -430,55 +414,48 @@ def test_slow_consumer_drops_then_resumes(server: NatsServer, errors: Any) -> No
         bus.close()
 
 
-def test_many_threads_through_a_restart() -> None:
-    srv = NatsServer().start()
-    try:
-        bus = ts.connect(srv.url, **FAST)
-        responder = ts.connect(srv.url, **FAST)
-        responder.reply("mt.echo", lambda msg: msg.data)
-        responder.flush()
-        outcomes: Dict[str, int] = {}
-        lock = threading.Lock()
-        documented = (ts.TimeoutError, ts.NoRespondersError, ts.OutboundBufferFullError)
+def test_many_threads_through_a_restart(server: NatsServer) -> None:
+    bus = ts.connect(server.url, **FAST)
+    responder = ts.connect(server.url, **FAST)
+    responder.reply("mt.echo", lambda msg: msg.data)
+    responder.flush()
+    outcomes: Dict[str, int] = {}
+    lock = threading.Lock()
+    documented = (ts.TimeoutError, ts.NoRespondersError, ts.OutboundBufferFullError)
 
-        def work(t: int) -> None:
-            for i in range(1000):
-                try:
-                    if i % 2:
-                        bus.publish(f"mt.{t}", {"i": i})
-                        kind = "published"
-                    else:
-                        assert bus.request("mt.echo", [t, i], timeout=1).data == [t, i]
-                        kind = "replied"
-                except documented as exc:
-                    kind = type(exc).__name__
-                with lock:
-                    outcomes[kind] = outcomes.get(kind, 0) + 1
+    def work(t: int) -> None:
+        for i in range(1000):
+            try:
+                if i % 2:
+                    bus.publish(f"mt.{t}", {"i": i})
+                    kind = "published"
+                else:
+                    assert bus.request("mt.echo", [t, i], timeout=1).data == [t, i]
+                    kind = "replied"
+            except documented as exc:
+                kind = type(exc).__name__
+            with lock:
+                outcomes[kind] = outcomes.get(kind, 0) + 1
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-        for th in threads:
-            th.start()
-        wait_until(lambda: sum(outcomes.values()) >= 400, what="traffic before the kill")
-        srv.kill()
-        time.sleep(0.3)
-        srv.restart()
-        for th in threads:
-            th.join(45)
-        assert not any(th.is_alive() for th in threads), "deadlock: a thread never returned"
-        assert sum(outcomes.values()) == 8000, outcomes
-        assert outcomes.get("published", 0) == 4000
-        assert outcomes.get("replied", 0) > 0
-        bus.close()
-        responder.close()
-    finally:
-        srv.stop()
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    wait_until(lambda: sum(outcomes.values()) >= 400, what="traffic before the kill")
+    server.kill()
+    time.sleep(0.3)  # the outage lasts this long (the threads keep calling through it)
+    server.restart()
+    join_all(threads, 45, what="a thread (deadlock?)")
+    assert sum(outcomes.values()) == 8000, outcomes
+    assert outcomes.get("published", 0) == 4000
+    assert outcomes.get("replied", 0) > 0
+    bus.close()
+    responder.close()
 
 
-def test_max_reconnect_attempts_closes_and_fails_blocked_calls() -> None:
-    srv = NatsServer().start()
+def test_max_reconnect_attempts_closes_and_fails_blocked_calls(server: NatsServer) -> None:
     closed = threading.Event()
     bus = ts.connect(
-        srv.url, max_reconnect_attempts=2, reconnect_time_wait=0.05, on_close=closed.set
+        server.url, max_reconnect_attempts=2, reconnect_time_wait=0.05, on_close=closed.set
     )
     sub = bus.subscribe("never")
     bus.flush()
@@ -499,12 +476,11 @@ def test_max_reconnect_attempts_closes_and_fails_blocked_calls() -> None:
     threads = [threading.Thread(target=blocked, args=(c,)) for c in calls]
     for t in threads:
         t.start()
-    srv.kill()
+    server.kill()
     wait_until(lambda: bus.status is not ts.State.CONNECTED, what="the outage noticed")
     disconnected.set()
     assert closed.wait(10)
-    for t in threads:
-        t.join(5)
+    join_all(threads, 5, what="a blocked call")
     assert bus.is_closed
     assert len(failures) == 3, failures
     for exc in failures:
@@ -516,13 +492,12 @@ def test_max_reconnect_attempts_closes_and_fails_blocked_calls() -> None:
     assert isinstance(info.value.__cause__, ts.NoServersError)
 
 
-def test_close_during_reconnect_is_prompt() -> None:
-    srv = NatsServer().start()
+def test_close_during_reconnect_is_prompt(server: NatsServer) -> None:
     disconnected = threading.Event()
     bus = ts.connect(
-        srv.url, reconnect_time_wait=30, max_reconnect_attempts=-1, on_disconnect=disconnected.set
+        server.url, reconnect_time_wait=30, max_reconnect_attempts=-1, on_disconnect=disconnected.set
     )
-    srv.kill()
+    server.kill()
     assert disconnected.wait(5)
     assert bus.status is ts.State.RECONNECTING
     threads = bus.threads
@@ -555,8 +530,7 @@ def test_first_connect_fails_fast_by_default() -> None:
     assert time.monotonic() - start < 3
 
 
-def test_status_callbacks_run_on_the_status_thread() -> None:
-    srv = NatsServer().start()
+def test_status_callbacks_run_on_the_status_thread(server: NatsServer) -> None:
     names: List[str] = []
     done = threading.Event()
 
@@ -565,38 +539,31 @@ def test_status_callbacks_run_on_the_status_thread() -> None:
         if len(names) == 2:
             done.set()
 
-    try:
-        bus = ts.connect(srv.url, on_disconnect=record, on_reconnect=record, **FAST)
-        srv.kill()
-        srv.restart()
-        assert done.wait(10)
-        assert names == ["telestion_sync-status"] * 2
-        bus.close()
-    finally:
-        srv.stop()
+    bus = ts.connect(server.url, on_disconnect=record, on_reconnect=record, **FAST)
+    server.kill()
+    server.restart()
+    assert done.wait(10)
+    assert names == ["telestion_sync-status"] * 2
+    bus.close()
 
 
-def test_requests_while_disconnected_wait_for_the_reconnect() -> None:
+def test_requests_while_disconnected_wait_for_the_reconnect(server: NatsServer) -> None:
     """A request made during an outage is sent after the reconnect, behind the replayed
     subscriptions, and gets its reply within its own timeout."""
-    srv = NatsServer().start()
     disconnected = threading.Event()
-    try:
-        bus = ts.connect(srv.url, on_disconnect=disconnected.set, **FAST)
-        bus.reply("wait.echo", lambda msg: msg.data)
-        assert bus.request("wait.echo", 0, timeout=2).data == 0
-        srv.kill()
-        assert disconnected.wait(5)
-        result: List[Any] = []
-        t = threading.Thread(target=lambda: result.append(bus.request("wait.echo", 1, timeout=10)))
-        t.start()
-        wait_until(lambda: bool(bus._resp_map), what="the request registered")
-        srv.restart()
-        t.join(15)
-        assert result and result[0].data == 1
-        bus.close()
-    finally:
-        srv.stop()
+    bus = ts.connect(server.url, on_disconnect=disconnected.set, **FAST)
+    bus.reply("wait.echo", lambda msg: msg.data)
+    assert bus.request("wait.echo", 0, timeout=2).data == 0
+    server.kill()
+    assert disconnected.wait(5)
+    result: List[Any] = []
+    t = threading.Thread(target=lambda: result.append(bus.request("wait.echo", 1, timeout=10)))
+    t.start()
+    wait_until(lambda: bool(bus._resp_map), what="the request registered")
+    server.restart()
+    t.join(15)
+    assert result and result[0].data == 1
+    bus.close()
 
 
 @pytest.mark.skipif(os.name != "posix", reason="signals")
@@ -612,6 +579,6 @@ def test_ctrl_c_interrupts_a_blocking_call_and_leaves_the_bus_usable(bus: ts.Mes
     with pytest.raises(KeyboardInterrupt):
         bus.request("nobody.answers", timeout=20)
     assert time.monotonic() - start < 5
-    timer.join()
+    timer.join(5)
     assert bus.request("alive", timeout=2).data == "yes"
     assert not bus._resp_map

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import os
 import queue
 import re
 import signal
@@ -30,6 +29,8 @@ from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 import telestion_sync as ts
 import telestion_sync.service as service_module
 from telestion_sync.server import NatsServer, free_port
+
+from .conftest import clean_env
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -750,11 +751,6 @@ print("closed", service.bus.is_closed, len(received), flush=True)
 """
 
 
-def _clean_env() -> Dict[str, str]:
-    drop = {"SERVICE_NAME", "DATA_DIR", "X_DISABLE_NATS"}
-    return {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "CONFIG_")) and k not in drop}
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_run_forever_stops_on_signals(server: NatsServer, bus: ts.MessageBus, tmp_path: Path, sig) -> None:
     script = tmp_path / "service.py"
@@ -770,7 +766,7 @@ def test_run_forever_stops_on_signals(server: NatsServer, bus: ts.MessageBus, tm
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_clean_env(),
+        env=clean_env(),
         cwd=tmp_path,
     )
     lines: queue.Queue[str] = queue.Queue()
@@ -790,7 +786,7 @@ def test_run_forever_stops_on_signals(server: NatsServer, bus: ts.MessageBus, tm
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(10)
 
 
 # --- interop: nats-py sees the micro discovery -----------------------------------------------

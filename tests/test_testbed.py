@@ -8,7 +8,6 @@ line. The script must always exit 0.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,17 +18,11 @@ import pytest
 
 from telestion_sync.server import NatsServer, free_port
 
+from .conftest import clean_env
+
+pytestmark = pytest.mark.timeout(30)
+
 TESTBED = Path(__file__).resolve().parent.parent / "scripts" / "testbed.py"
-_CONFIG_KEYS = {"SERVICE_NAME", "DATA_DIR", "X_DISABLE_NATS"}
-
-
-def clean_env() -> Dict[str, str]:
-    """The test process's environment without any Telestion configuration in it."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("NATS_", "CONFIG_")) and k not in _CONFIG_KEYS
-    }
 
 
 @pytest.fixture
@@ -83,7 +76,6 @@ def required(tmp_path: Path) -> Dict[str, str]:
 # --- where the configuration comes from ------------------------------------------------------
 
 
-@pytest.mark.timeout(30)
 def test_config_from_env_without_nats(testbed, required) -> None:
     result = testbed(env={**required, "TEST": "1"})
     assert result["started"] is True
@@ -96,7 +88,6 @@ def test_config_from_env_without_nats(testbed, required) -> None:
     assert result["_stdout_lines"] == [result["_stdout_lines"][-1]]  # nothing else on stdout
 
 
-@pytest.mark.timeout(30)
 def test_config_from_cli_argument(testbed, required) -> None:
     result = testbed("--TEST=1", env=required)
     assert result["started"] is True
@@ -104,7 +95,6 @@ def test_config_from_cli_argument(testbed, required) -> None:
     assert "TEST" not in result["env"]
 
 
-@pytest.mark.timeout(30)
 def test_cli_beats_env(testbed, required) -> None:
     result = testbed("--TEST=cli", "--SERVICE_NAME=from-cli", env={**required, "TEST": "env"})
     assert result["config"]["TEST"] == "cli"
@@ -112,7 +102,6 @@ def test_cli_beats_env(testbed, required) -> None:
     assert result["env"]["TEST"] == "env"
 
 
-@pytest.mark.timeout(30)
 def test_key_value_as_two_arguments_and_bare_flags(testbed, required) -> None:
     result = testbed("--TEST", "value", "--FLAG", "--OTHER=x", "stray-word", env=required)
     assert result["started"] is True
@@ -122,7 +111,6 @@ def test_key_value_as_two_arguments_and_bare_flags(testbed, required) -> None:
     assert "stray-word" not in result["config"]
 
 
-@pytest.mark.timeout(30)
 def test_missing_config_fails_naming_the_keys_and_dev(testbed) -> None:
     result = testbed(env={"X_DISABLE_NATS": "1"})
     assert result["started"] is False
@@ -138,14 +126,12 @@ def test_missing_config_fails_naming_the_keys_and_dev(testbed) -> None:
     assert "NATS_URL" not in partial["error"] and "SERVICE_NAME" not in partial["error"]
 
 
-@pytest.mark.timeout(30)
 def test_missing_config_fails_with_nats_enabled_too(testbed) -> None:
     result = testbed()
     assert result["started"] is False
     assert "NATS_URL" in result["error"] and "--dev" in result["error"]
 
 
-@pytest.mark.timeout(30)
 def test_dev_defaults(testbed, tmp_path: Path) -> None:
     result = testbed("--dev", env={"X_DISABLE_NATS": "1"})
     assert result["started"] is True
@@ -158,7 +144,6 @@ def test_dev_defaults(testbed, tmp_path: Path) -> None:
     assert (tmp_path / "data").is_dir()  # created, relative to the working directory
 
 
-@pytest.mark.timeout(30)
 def test_custom_values_beat_dev_defaults_while_connecting(
     testbed, server: NatsServer, tmp_path: Path
 ) -> None:
@@ -177,7 +162,6 @@ def test_custom_values_beat_dev_defaults_while_connecting(
 # --- NATS: connecting, credentials, offline servers, disabled --------------------------------
 
 
-@pytest.mark.timeout(30)
 def test_nats_connected_with_a_full_url(testbed, server: NatsServer, tmp_path: Path) -> None:
     result = testbed(
         f"--NATS_URL={server.url}",
@@ -191,7 +175,6 @@ def test_nats_connected_with_a_full_url(testbed, server: NatsServer, tmp_path: P
     assert result["_stdout_lines"] == [result["_stdout_lines"][-1]]
 
 
-@pytest.mark.timeout(30)
 def test_auth_server_accepts_the_right_password(testbed, auth_server: NatsServer, tmp_path: Path) -> None:
     result = testbed(
         "--dev",
@@ -209,7 +192,6 @@ def test_auth_server_accepts_the_right_password(testbed, auth_server: NatsServer
     assert from_cli["nats_connected"] is True, from_cli.get("error")
 
 
-@pytest.mark.timeout(30)
 def test_auth_server_refuses_a_wrong_password(testbed, auth_server: NatsServer) -> None:
     start = time.monotonic()
     result = testbed(
@@ -223,7 +205,6 @@ def test_auth_server_refuses_a_wrong_password(testbed, auth_server: NatsServer) 
     assert "wrong-pw" not in result["error"]  # secrets stay out of error messages
 
 
-@pytest.mark.timeout(30)
 def test_auth_server_refuses_missing_credentials(testbed, auth_server: NatsServer) -> None:
     result = testbed("--dev", f"--NATS_URL={auth_server.url}")
     assert result["started"] is False
@@ -234,7 +215,6 @@ def test_auth_server_refuses_missing_credentials(testbed, auth_server: NatsServe
     assert "AuthenticationError" in no_password["error"]
 
 
-@pytest.mark.timeout(30)
 def test_offline_server_fails_start_up_quickly(testbed) -> None:
     port = free_port()
     start = time.monotonic()
@@ -245,7 +225,6 @@ def test_offline_server_fails_start_up_quickly(testbed) -> None:
     assert str(port) in result["error"]
 
 
-@pytest.mark.timeout(30)
 def test_stopped_server_fails_start_up(testbed) -> None:
     srv = NatsServer()
     srv.start()
@@ -255,7 +234,6 @@ def test_stopped_server_fails_start_up(testbed) -> None:
     assert "NoServersError" in result["error"]
 
 
-@pytest.mark.timeout(30)
 def test_nats_disabled_starts_without_connecting(testbed) -> None:
     offline = f"nats://127.0.0.1:{free_port()}"  # never contacted
     result = testbed("--dev", env={"X_DISABLE_NATS": "1", "NATS_URL": offline})
@@ -265,7 +243,6 @@ def test_nats_disabled_starts_without_connecting(testbed) -> None:
     assert result["config"]["NATS_URL"] == offline
 
 
-@pytest.mark.timeout(30)
 def test_only_x_disable_nats_1_disables_nats(testbed, server: NatsServer) -> None:
     for value in ("0", "", "true"):
         result = testbed("--dev", f"--NATS_URL={server.url}", env={"X_DISABLE_NATS": value})
@@ -281,7 +258,6 @@ def write_json(path: Path, data: Any) -> str:
     return str(path)
 
 
-@pytest.mark.timeout(30)
 def test_config_file(testbed, required, tmp_path: Path) -> None:
     path = write_json(
         tmp_path / "config.json",
@@ -298,7 +274,6 @@ def test_config_file(testbed, required, tmp_path: Path) -> None:
     assert config["CONFIG_FILE"] == path
 
 
-@pytest.mark.timeout(30)
 def test_config_file_supplies_the_required_keys(testbed, tmp_path: Path) -> None:
     path = write_json(
         tmp_path / "config.json",
@@ -309,7 +284,6 @@ def test_config_file_supplies_the_required_keys(testbed, tmp_path: Path) -> None
     assert result["config"]["SERVICE_NAME"] == "from-file"
 
 
-@pytest.mark.timeout(30)
 def test_config_file_with_config_key(testbed, required, tmp_path: Path) -> None:
     path = write_json(
         tmp_path / "config.json",
@@ -324,7 +298,6 @@ def test_config_file_with_config_key(testbed, required, tmp_path: Path) -> None:
     assert config["CONFIG_KEY"] == "publisher"
 
 
-@pytest.mark.timeout(30)
 def test_precedence_dev_then_file_then_env_then_cli(testbed, tmp_path: Path) -> None:
     path = write_json(
         tmp_path / "config.json",
@@ -342,39 +315,27 @@ def test_precedence_dev_then_file_then_env_then_cli(testbed, tmp_path: Path) -> 
     assert config["NATS_URL"] == "localhost:4222"
 
 
-@pytest.mark.timeout(30)
-def test_config_file_missing(testbed, required, tmp_path: Path) -> None:
-    path = str(tmp_path / "nope.json")
-    result = testbed(env={**required, "CONFIG_FILE": path})
-    assert result["started"] is False
-    assert path in result["error"]
-    assert "does not exist" in result["error"]
-
-
-@pytest.mark.timeout(30)
-def test_config_file_not_json(testbed, required, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "content, words",
+    [(None, "does not exist"), ("{not json", "JSON"), ('["a", "list"]', "object")],
+    ids=["missing", "not-json", "not-an-object"],
+)
+def test_config_file_that_is_not_a_json_object_fails_naming_it(
+    testbed, required, tmp_path: Path, content: Optional[str], words: str
+) -> None:
     path = tmp_path / "config.json"
-    path.write_text("{not json")
+    if content is not None:
+        path.write_text(content)
     result = testbed(env={**required, "CONFIG_FILE": str(path)})
     assert result["started"] is False
     assert str(path) in result["error"]
-    assert "JSON" in result["error"]
+    assert words in result["error"]
 
 
-@pytest.mark.timeout(30)
-def test_config_file_not_an_object(testbed, required, tmp_path: Path) -> None:
-    path = write_json(tmp_path / "config.json", ["a", "list"])
-    result = testbed(env={**required, "CONFIG_FILE": path})
-    assert result["started"] is False
-    assert path in result["error"]
-    assert "object" in result["error"]
-
-
-@pytest.mark.timeout(30)
 def test_config_file_without_an_object_under_the_key(testbed, required, tmp_path: Path) -> None:
     path = write_json(tmp_path / "config.json", {"present": {"A": "1"}, "scalar": 5})
     for key in ("absent", "scalar"):
         result = testbed(f"--CONFIG_KEY={key}", env={**required, "CONFIG_FILE": path})
         assert result["started"] is False, key
         assert path in result["error"]
-        assert repr(key) in result["error"] or key in result["error"]
+        assert key in result["error"]
