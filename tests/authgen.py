@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import nkeys
 
+from telestion_sync.server import _quote  # nats-server config quoting, one definition
+
 NO_LIMIT = -1
 
 JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
@@ -225,10 +227,6 @@ def write_seed(path: str, seed: str) -> str:
 # --- server configs -------------------------------------------------------------------------
 
 
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 @dataclass
 class User:
     """A JWT user: its NKey, its JWT and the text of its .creds file."""
@@ -280,16 +278,16 @@ class OperatorSetup:
 
 def operator_config(op_jwt: str, accounts: Dict[str, str]) -> str:
     """nats-server config for operator mode with every account JWT preloaded in memory."""
-    preload = "\n".join(f"  {pub}: {_q(jwt)}" for pub, jwt in accounts.items())
-    return f"operator: {_q(op_jwt)}\nresolver: MEMORY\nresolver_preload: {{\n{preload}\n}}\n"
+    preload = "\n".join(f"  {pub}: {_quote(jwt)}" for pub, jwt in accounts.items())
+    return f"operator: {_quote(op_jwt)}\nresolver: MEMORY\nresolver_preload: {{\n{preload}\n}}\n"
 
 
 def nkey_config(*public_keys: str) -> str:
     """nats-server config that admits exactly these NKey users."""
-    users = ", ".join(f"{{ nkey: {_q(pub)} }}" for pub in public_keys)
+    users = ", ".join(f"{{ nkey: {_quote(pub)} }}" for pub in public_keys)
     return f"authorization {{ users = [ {users} ] }}\n"
 
 
 def token_config(token: str) -> str:
     """nats-server config that requires this token."""
-    return f"authorization {{ token: {_q(token)} }}\n"
+    return f"authorization {{ token: {_quote(token)} }}\n"

@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
 import telestion_sync as ts
 from telestion_sync.server import NatsServer, free_port
 
-from .conftest import wait_until
+from .conftest import ErrorLog, wait_until
 
 pytestmark = pytest.mark.timeout(30)
+
+RECONNECT_FOREVER: Dict[str, Any] = dict(reconnect_time_wait=0.05, max_reconnect_attempts=-1)
+
+
+def restart_with_password(srv: NatsServer, password: str) -> None:
+    """Crash ``srv`` and bring it back on the same port, now wanting ``password``."""
+    srv.kill()
+    srv.password = password
+    srv.restart()
+
 
 CONFIG = """
 authorization {
@@ -59,7 +69,9 @@ def test_allowed_operations_work(perm_server: NatsServer) -> None:
         assert ground.request("svc.status", timeout=2).data == {"ok": True}
 
 
-def test_denied_publish_is_reported_and_the_connection_survives(perm_server: NatsServer, errors: Any) -> None:
+def test_denied_publish_is_reported_and_the_connection_survives(
+    perm_server: NatsServer, errors: ErrorLog
+) -> None:
     with ts.connect(perm_server.url, user="ground", password="gpw", on_error=errors) as bus:
         sub = bus.subscribe("telemetry.>")
         bus.flush()
@@ -74,7 +86,7 @@ def test_denied_publish_is_reported_and_the_connection_survives(perm_server: Nat
         assert bus.is_connected
 
 
-def test_denied_subscribe_fails_the_pull_subscription(perm_server: NatsServer, errors: Any) -> None:
+def test_denied_subscribe_fails_the_pull_subscription(perm_server: NatsServer, errors: ErrorLog) -> None:
     with ts.connect(perm_server.url, user="ground", password="gpw", on_error=errors) as bus:
         denied = bus.subscribe("telemetry.private")
         fine = bus.subscribe("telemetry.public")
@@ -91,7 +103,7 @@ def test_denied_subscribe_fails_the_pull_subscription(perm_server: NatsServer, e
 
 
 def test_subscribe_outside_the_allow_list_fails_and_the_connection_survives_a_run_of_denials(
-    perm_server: NatsServer, errors: Any
+    perm_server: NatsServer, errors: ErrorLog
 ) -> None:
     """One connection meets every kind of denial in a row and still works afterwards."""
     with ts.connect(perm_server.url, user="sat", password="spw", on_error=errors) as bus:
@@ -123,15 +135,15 @@ def test_request_many_to_a_denied_subject_fails_with_the_permission_error(perm_s
 
 
 def test_denied_queue_subscribe_with_callback_reports_to_the_error_handler(
-    perm_server: NatsServer, errors: Any
+    perm_server: NatsServer, errors: ErrorLog
 ) -> None:
     with ts.connect(perm_server.url, user="sat", password="spw", on_error=errors) as bus:
         got: List[Any] = []
         sub = bus.subscribe("telemetry.x", got.append, queue="workers")
         bus.flush()
         err = errors.wait(ts.PermissionViolationError)
-        assert err.operation == "subscribe"  # type: ignore[attr-defined]
-        assert err.queue == "workers"  # type: ignore[attr-defined]
+        assert isinstance(err, ts.PermissionViolationError)
+        assert (err.operation, err.queue) == ("subscribe", "workers")
         assert sub.wait_finished(5)
         assert sub.error is err
         assert bus.is_connected
@@ -176,102 +188,77 @@ def test_inbox_prefix_lets_restricted_users_make_requests() -> None:
 def test_authorization_violation_on_reconnect_ends_the_loop() -> None:
     """A server that starts refusing our credentials after a restart: two refusals from it
     end the reconnect loop with AuthenticationError as the cause (as nats.go does)."""
-    srv = NatsServer(user="u", password="old").start()
-    closed = threading.Event()
-    bus = ts.connect(
-        srv.url,
-        user="u",
-        password="old",
-        reconnect_time_wait=0.05,
-        max_reconnect_attempts=-1,
-        on_close=closed.set,
-    )
-    try:
-        srv.kill()
-        srv.password = "new"
-        srv.restart()
-        assert closed.wait(10)
-        with pytest.raises(ts.ConnectionClosedError) as info:
-            bus.publish("x", b"")
-        assert bus.is_closed
-        assert isinstance(info.value.__cause__, ts.AuthenticationError), info.value.__cause__
-    finally:
-        bus.close()
-        srv.kill()
+    with NatsServer(user="u", password="old") as srv:
+        closed = threading.Event()
+        bus = ts.connect(srv.url, user="u", password="old", on_close=closed.set, **RECONNECT_FOREVER)
+        try:
+            restart_with_password(srv, "new")
+            assert closed.wait(10)
+            with pytest.raises(ts.ConnectionClosedError) as info:
+                bus.publish("x", b"")
+            assert bus.is_closed
+            assert isinstance(info.value.__cause__, ts.AuthenticationError), info.value.__cause__
+        finally:
+            bus.close()
 
 
-def test_repeated_refusal_ends_reconnecting_even_with_other_servers_in_the_pool(errors: Any) -> None:
+def test_repeated_refusal_ends_reconnecting_even_with_other_servers_in_the_pool(errors: ErrorLog) -> None:
     """nats.go: the same refusal twice from the server we were on aborts the reconnect loop,
     even when attempts are unlimited and other (dead) servers remain in the pool."""
-    srv = NatsServer(user="u", password="old").start()
-    dead = f"nats://127.0.0.1:{free_port()}"
-    closed = threading.Event()
-    bus = ts.connect(
-        [srv.url, dead],
-        randomize=False,
-        user="u",
-        password="old",
-        reconnect_time_wait=0.05,
-        max_reconnect_attempts=-1,
-        on_close=closed.set,
-        on_error=errors,
-    )
-    try:
-        srv.kill()
-        srv.password = "new"
-        srv.restart()
-        assert closed.wait(15), f"still {bus.status} after the refusals; errors: {errors.errors}"
-        refusals = errors.of(ts.AuthenticationError)
-        assert len(refusals) >= 2
-        with pytest.raises(ts.ConnectionClosedError) as info:
-            bus.request("x", timeout=1)
-        assert info.value.__cause__ is refusals[-1]
-    finally:
-        bus.close()
-        srv.kill()
+    with NatsServer(user="u", password="old") as srv:
+        dead = f"nats://127.0.0.1:{free_port()}"
+        closed = threading.Event()
+        bus = ts.connect(
+            [srv.url, dead],
+            randomize=False,
+            user="u",
+            password="old",
+            on_close=closed.set,
+            on_error=errors,
+            **RECONNECT_FOREVER,
+        )
+        try:
+            restart_with_password(srv, "new")
+            assert closed.wait(15), f"still {bus.status} after the refusals; errors: {errors.errors}"
+            refusals = errors.of(ts.AuthenticationError)
+            assert len(refusals) >= 2
+            with pytest.raises(ts.ConnectionClosedError) as info:
+                bus.request("x", timeout=1)
+            assert info.value.__cause__ is refusals[-1]
+        finally:
+            bus.close()
 
 
-def test_ignore_auth_error_abort_keeps_trying_until_the_credentials_work() -> None:
+def test_ignore_auth_error_abort_keeps_trying_until_the_credentials_work(errors: ErrorLog) -> None:
     """With ignore_auth_error_abort=True refusals do not end reconnecting: the bus comes back
     once the server accepts the (unchanged) credentials again."""
-    srv = NatsServer(user="u", password="pw").start()
-    refused = threading.Event()
-    reconnected = threading.Event()
-
-    def on_error(err: BaseException) -> None:
-        if isinstance(err, ts.AuthenticationError):
-            refused.set()
-
-    bus = ts.connect(
-        srv.url,
-        user="u",
-        password="pw",
-        reconnect_time_wait=0.05,
-        max_reconnect_attempts=-1,
-        ignore_auth_error_abort=True,
-        on_error=on_error,
-        on_reconnect=reconnected.set,
-    )
-    try:
-        srv.kill()
-        srv.password = "other"
-        srv.restart()
-        assert refused.wait(10)
-        wait_until(lambda: bus.stats.errors >= 3, what="several refusals")
-        assert not bus.is_closed
-        srv.kill()
-        srv.password = "pw"
-        srv.restart()
-        assert reconnected.wait(10)
-        assert bus.is_connected
-    finally:
-        bus.close()
-        srv.kill()
+    with NatsServer(user="u", password="pw") as srv:
+        reconnected = threading.Event()
+        bus = ts.connect(
+            srv.url,
+            user="u",
+            password="pw",
+            ignore_auth_error_abort=True,
+            on_error=errors,
+            on_reconnect=reconnected.set,
+            **RECONNECT_FOREVER,
+        )
+        try:
+            restart_with_password(srv, "other")
+            errors.wait(ts.AuthenticationError, timeout=10)
+            wait_until(lambda: bus.stats.errors >= 3, what="several refusals")
+            assert not bus.is_closed
+            restart_with_password(srv, "pw")
+            assert reconnected.wait(10)
+            assert bus.is_connected
+        finally:
+            bus.close()
 
 
 def test_a_denied_inbox_is_tried_again_after_a_reconnect() -> None:
     """Requests fail fast while the reply inbox is denied; once a restarted server allows it,
     they work again on the same bus (the denial is not remembered forever)."""
+
     def config(inbox: str) -> str:
         return f"""
         authorization {{
@@ -283,22 +270,21 @@ def test_a_denied_inbox_is_tried_again_after_a_reconnect() -> None:
         }}
         """
 
-    srv = NatsServer(config=config("other.>")).start()
-    reconnected = threading.Event()
-    bus = ts.connect(
-        srv.url, user="r", password="r", reconnect_time_wait=0.05, on_reconnect=reconnected.set
-    )
-    try:
-        with pytest.raises(ts.PermissionViolationError):
-            bus.request("svc.hello", timeout=10)
-        srv.kill()
-        srv.config = config("_INBOX.>")
-        srv.restart()
-        assert reconnected.wait(10)
-        with ts.connect(srv.url, user="s", password="s") as responder:
-            responder.reply("svc.hello", lambda msg: "hi")
-            responder.flush()
-            assert bus.request("svc.hello", timeout=5).data == "hi"
-    finally:
-        bus.close()
-        srv.kill()
+    with NatsServer(config=config("other.>")) as srv:
+        reconnected = threading.Event()
+        bus = ts.connect(
+            srv.url, user="r", password="r", reconnect_time_wait=0.05, on_reconnect=reconnected.set
+        )
+        try:
+            with pytest.raises(ts.PermissionViolationError):
+                bus.request("svc.hello", timeout=10)
+            srv.kill()
+            srv.config = config("_INBOX.>")
+            srv.restart()
+            assert reconnected.wait(10)
+            with ts.connect(srv.url, user="s", password="s") as responder:
+                responder.reply("svc.hello", lambda msg: "hi")
+                responder.flush()
+                assert bus.request("svc.hello", timeout=5).data == "hi"
+        finally:
+            bus.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -93,11 +93,14 @@ def test_json_refuses_nan_and_infinity(value: Any) -> None:
         c.JSON.encode(value)
 
 
-@pytest.mark.parametrize("value", [Opaque(), {"a": Opaque()}, [1, Opaque()], {1, 2}])
-def test_json_refuses_unknown_objects_naming_the_type(value: Any) -> None:
+@pytest.mark.parametrize(
+    "value, name",
+    [(Opaque(), "Opaque"), ({"a": Opaque()}, "Opaque"), ([1, Opaque()], "Opaque"), ({1, 2}, "set")],
+)
+def test_json_refuses_unknown_objects_naming_the_type(value: Any, name: str) -> None:
     with pytest.raises(TypeError) as info:
         c.JSON.encode(value)
-    assert "Opaque" in str(info.value) or "set" in str(info.value)
+    assert name in str(info.value)
 
 
 def test_json_refuses_bytes_nested_naming_the_type() -> None:
@@ -487,7 +490,7 @@ def test_schema_failures_are_decode_errors(schema: Any) -> None:
 
 
 def test_schema_not_called_when_decoding_fails() -> None:
-    called = []
+    called: List[Any] = []
     msg = make("s", b"\xff", codec=c.CBOR, schema=called.append)
     with pytest.raises(DecodeError):
         _ = msg.data

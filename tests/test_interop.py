@@ -26,6 +26,7 @@ import os
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Coroutine, Dict, Iterator, List, Optional, TypeVar
 
 import cbor2
@@ -38,6 +39,10 @@ from nats.aio.subscription import Subscription as NatsPySub
 
 import telestion_sync as ts
 from telestion_sync.server import NatsServer
+
+from .conftest import ErrorLog
+
+pytestmark = pytest.mark.timeout(30)
 
 T = TypeVar("T")
 
@@ -164,7 +169,7 @@ def aio(server: NatsServer) -> Iterator[AsyncNats]:
     assert client.errors == [], f"nats-py reported errors: {client.errors!r}"
 
 
-def assert_no_bus_errors(bus: ts.MessageBus, errors: Any) -> None:
+def assert_no_bus_errors(bus: ts.MessageBus, errors: ErrorLog) -> None:
     """A flush round trip, then no error may have been reported by the telestion_sync bus."""
     bus.flush()
     assert errors.errors == []
@@ -186,8 +191,7 @@ SAMPLE = {
 }
 
 
-@pytest.mark.timeout(30)
-def test_json_dict_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_json_dict_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     sub = aio.subscribe("telemetry.temp")
     bus.publish("telemetry.temp", SAMPLE)
     bus.publish("telemetry.temp", [1, "two"], codec="json")
@@ -206,8 +210,9 @@ def test_json_dict_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, 
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_json_bytes_from_natspy_decode_automatically(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_json_bytes_from_natspy_decode_automatically(
+    bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog
+) -> None:
     sub = bus.subscribe("telemetry.>")
     bus.flush()
     aio.publish("telemetry.temp", json.dumps(SAMPLE).encode())
@@ -225,8 +230,9 @@ def test_json_bytes_from_natspy_decode_automatically(bus: ts.MessageBus, aio: As
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_json_from_natspy_to_a_callback_subscription(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_json_from_natspy_to_a_callback_subscription(
+    bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog
+) -> None:
     got: List[Any] = []
     done = threading.Event()
 
@@ -257,8 +263,7 @@ CBOR_SAMPLE = {
 }
 
 
-@pytest.mark.timeout(30)
-def test_cbor_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_cbor_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     sub = aio.subscribe("camera.meta")
     bus.publish("camera.meta", CBOR_SAMPLE, codec="cbor")
     bus.publish("camera.meta", b"\x01\x02", codec="cbor")  # bytes with codec=cbor: a CBOR byte string
@@ -273,8 +278,7 @@ def test_cbor_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, error
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_cbor_from_natspy_decodes_by_header(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_cbor_from_natspy_decodes_by_header(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     sub = bus.subscribe("camera.meta")
     bus.flush()
     aio.publish("camera.meta", cbor2.dumps(CBOR_SAMPLE), headers={CT: CBOR_CT})
@@ -290,9 +294,8 @@ def test_cbor_from_natspy_decodes_by_header(bus: ts.MessageBus, aio: AsyncNats, 
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
 def test_invalid_cbor_from_natspy_is_reported_not_fatal(
-    bus: ts.MessageBus, aio: AsyncNats, errors: Any
+    bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog
 ) -> None:
     sub = bus.subscribe("camera.meta")
     bus.flush()
@@ -301,7 +304,7 @@ def test_invalid_cbor_from_natspy_is_reported_not_fatal(
     # The bad one is skipped and reported; the subscription lives on.
     assert sub.next_msg(WAIT).data == {"ok": 1}
     err = errors.wait(ts.DecodeError)
-    assert err.msg.payload == b"\xff\xff\xff"
+    assert isinstance(err, ts.DecodeError) and err.msg.payload == b"\xff\xff\xff"
 
 
 # ============================================================================================
@@ -319,8 +322,7 @@ RAW_PAYLOADS = [
 ]
 
 
-@pytest.mark.timeout(30)
-def test_raw_bytes_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_raw_bytes_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     sub = aio.subscribe("camera.raw")
     for p in RAW_PAYLOADS:
         bus.publish("camera.raw", p)
@@ -338,8 +340,7 @@ def test_raw_bytes_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, 
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_raw_bytes_from_natspy_to_telestion(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_raw_bytes_from_natspy_to_telestion(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     auto = bus.subscribe("camera.raw")
     raw = bus.subscribe("camera.raw", codec="raw")
     bus.flush()
@@ -356,8 +357,7 @@ def test_raw_bytes_from_natspy_to_telestion(bus: ts.MessageBus, aio: AsyncNats, 
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_empty_payload_with_headers_both_ways(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_empty_payload_with_headers_both_ways(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     py_sub = aio.subscribe("empty.to_py")
     ts_sub = bus.subscribe("empty.to_ts")
     bus.flush()
@@ -373,9 +373,8 @@ def test_empty_payload_with_headers_both_ways(bus: ts.MessageBus, aio: AsyncNats
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
 def test_binary_that_is_utf16_json_stays_bytes_in_auto_mode(
-    bus: ts.MessageBus, aio: AsyncNats, errors: Any
+    bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog
 ) -> None:
     sub = bus.subscribe("camera.raw")
     bus.flush()
@@ -393,7 +392,8 @@ def test_binary_that_is_utf16_json_stays_bytes_in_auto_mode(
     aio.publish("camera.json", b"1\x00")
     aio.publish("camera.json", b"1")
     assert strict.next_msg(WAIT).data == 1
-    assert errors.wait(ts.DecodeError).msg.payload == b"1\x00"
+    err = errors.wait(ts.DecodeError)
+    assert isinstance(err, ts.DecodeError) and err.msg.payload == b"1\x00"
 
 
 # ============================================================================================
@@ -410,8 +410,7 @@ HEADERS = {
 }
 
 
-@pytest.mark.timeout(30)
-def test_headers_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_headers_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     sub = aio.subscribe("hdr.test")
     bus.publish("hdr.test", b"payload", headers=HEADERS)
     bus.publish("hdr.test", {"a": 1}, headers={"X-One": "1"})  # JSON + user headers
@@ -429,8 +428,7 @@ def test_headers_from_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, er
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_headers_from_natspy_to_telestion(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_headers_from_natspy_to_telestion(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     sub = bus.subscribe("hdr.test")
     bus.flush()
     aio.publish("hdr.test", b"payload", headers=HEADERS)
@@ -450,8 +448,7 @@ MANY_HEADERS = {f"X-Key-{i}": f"value {i}" for i in range(300)}
 BIG_HEADER = {"X-Big": "h" * 200_000, "X-Small": "s"}
 
 
-@pytest.mark.timeout(30)
-def test_many_and_big_headers_both_ways(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_many_and_big_headers_both_ways(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     py_sub = aio.subscribe("hdr.to_py")
     ts_sub = bus.subscribe("hdr.to_ts")
     bus.flush()
@@ -470,8 +467,7 @@ def test_many_and_big_headers_both_ways(bus: ts.MessageBus, aio: AsyncNats, erro
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_long_and_unusual_subjects_both_ways(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_long_and_unusual_subjects_both_ways(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     long_tail = ".".join(f"t{i}" for i in range(500))  # ~2.9 KB subject, below max_control_line
     tails = [long_tail, "sensor.temp-°C", "a_b.c-d.$e", "x" * 1000]
     py_sub = aio.subscribe("to_py.>")
@@ -495,8 +491,7 @@ def test_long_and_unusual_subjects_both_ways(bus: ts.MessageBus, aio: AsyncNats,
 # ============================================================================================
 
 
-@pytest.mark.timeout(30)
-def test_natspy_requests_telestion_replies(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_natspy_requests_telestion_replies(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     seen_headers: List[Dict[str, str]] = []
 
     def add(msg: ts.Message) -> Any:
@@ -525,8 +520,7 @@ def test_natspy_requests_telestion_replies(bus: ts.MessageBus, aio: AsyncNats, e
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_natspy_requests_many_concurrently(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_natspy_requests_many_concurrently(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     bus.reply("svc.double", lambda msg: {"x": msg.data["x"] * 2})
     bus.flush()
 
@@ -540,8 +534,7 @@ def test_natspy_requests_many_concurrently(bus: ts.MessageBus, aio: AsyncNats, e
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_telestion_requests_natspy_responds(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_telestion_requests_natspy_responds(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     async def add(msg: NatsPyMsg) -> None:
         req = json.loads(msg.data)
         await aio.nc.publish(msg.reply, json.dumps(req["a"] + req["b"]).encode())
@@ -567,35 +560,24 @@ def test_telestion_requests_natspy_responds(bus: ts.MessageBus, aio: AsyncNats, 
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_telestion_requests_from_many_threads(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_telestion_requests_from_many_threads(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     async def echo(msg: NatsPyMsg) -> None:
         await aio.nc.publish(msg.reply, msg.data)
 
     aio.responder("svc.echo", echo)
-    results: Dict[int, Any] = {}
-    failures: List[BaseException] = []
 
-    def worker(n: int) -> None:
-        try:
-            for i in range(10):
-                results[n * 100 + i] = bus.request("svc.echo", {"n": n, "i": i}, timeout=WAIT).data
-        except BaseException as exc:  # pragma: no cover - reported below
-            failures.append(exc)
+    def worker(n: int) -> List[Any]:
+        return [bus.request("svc.echo", {"n": n, "i": i}, timeout=WAIT).data for i in range(10)]
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
-    assert not failures
-    assert results == {n * 100 + i: {"n": n, "i": i} for n in range(8) for i in range(10)}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(worker, n) for n in range(8)]
+        results = [f.result(timeout=20) for f in futures]  # re-raises what a worker raised
+    assert results == [[{"n": n, "i": i} for i in range(10)] for n in range(8)]
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
 def test_telestion_handler_error_reaches_natspy_as_micro_error(
-    bus: ts.MessageBus, aio: AsyncNats, errors: Any
+    bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog
 ) -> None:
     def broken(msg: ts.Message) -> Any:
         raise RuntimeError("sensor offline\r\nsecond line")
@@ -626,7 +608,6 @@ def test_telestion_handler_error_reaches_natspy_as_micro_error(
     assert r3.headers is not None and r3.headers.get(ERR_CODE_HDR) == "500"
 
 
-@pytest.mark.timeout(30)
 def test_bad_request_payload_gets_400(bus: ts.MessageBus, aio: AsyncNats) -> None:
     bus.reply("svc.cbor_only", lambda msg: msg.data, codec="cbor")
     bus.flush()
@@ -635,8 +616,9 @@ def test_bad_request_payload_gets_400(bus: ts.MessageBus, aio: AsyncNats) -> Non
     assert r.headers.get(ERR_HDR)
 
 
-@pytest.mark.timeout(30)
-def test_natspy_micro_error_raises_service_error(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_natspy_micro_error_raises_service_error(
+    bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog
+) -> None:
     async def failing(msg: NatsPyMsg) -> None:
         await aio.nc.publish(msg.reply, b"", headers={ERR_HDR: "disk full", ERR_CODE_HDR: "507"})
 
@@ -660,8 +642,7 @@ def test_natspy_micro_error_raises_service_error(bus: ts.MessageBus, aio: AsyncN
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_no_responders(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_no_responders(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     start = time.monotonic()
     with pytest.raises(ts.NoRespondersError) as info:
         bus.request("svc.nobody", {"x": 1}, timeout=10.0)
@@ -680,7 +661,6 @@ def test_no_responders(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
 def test_request_many_collects_natspy_and_telestion_replies(
     bus: ts.MessageBus, other: ts.MessageBus, aio: AsyncNats
 ) -> None:
@@ -694,8 +674,7 @@ def test_request_many_collects_natspy_and_telestion_replies(
     assert sorted(r.data["name"] for r in replies) == ["py", "ts"]
 
 
-@pytest.mark.timeout(30)
-def test_handler_responding_itself_with_headers(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_handler_responding_itself_with_headers(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     def handler(msg: ts.Message) -> Any:
         msg.respond({"ok": True}, headers={"X-Handled-By": "telestion_sync"})
         return "ignored: already answered"
@@ -714,7 +693,6 @@ def test_handler_responding_itself_with_headers(bus: ts.MessageBus, aio: AsyncNa
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
 @pytest.mark.parametrize("ctype", ["application/cbor; charset=binary", "Application/CBOR"])
 def test_cbor_request_with_content_type_variant_gets_cbor_reply(
     bus: ts.MessageBus, aio: AsyncNats, ctype: str
@@ -726,8 +704,9 @@ def test_cbor_request_with_content_type_variant_gets_cbor_reply(
     assert cbor2.loads(r.data) == 3
 
 
-@pytest.mark.timeout(30)
-def test_late_natspy_reply_after_timeout_is_dropped(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_late_natspy_reply_after_timeout_is_dropped(
+    bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog
+) -> None:
     held: List[NatsPyMsg] = []
     arrived = threading.Event()
 
@@ -756,7 +735,6 @@ def test_late_natspy_reply_after_timeout_is_dropped(bus: ts.MessageBus, aio: Asy
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
 def test_reply_queue_group_mixed_responders(
     server: NatsServer, bus: ts.MessageBus, other: ts.MessageBus, aio: AsyncNats
 ) -> None:
@@ -786,7 +764,6 @@ def test_reply_queue_group_mixed_responders(
 # ============================================================================================
 
 
-@pytest.mark.timeout(30)
 def test_queue_group_spans_both_clients(bus: ts.MessageBus, other: ts.MessageBus, aio: AsyncNats) -> None:
     n = 300
     ts_a = bus.subscribe("work.items", queue="workers")
@@ -823,7 +800,6 @@ def test_queue_group_spans_both_clients(bus: ts.MessageBus, other: ts.MessageBus
     assert ts_a.dropped == ts_b.dropped == 0
 
 
-@pytest.mark.timeout(30)
 def test_queue_group_with_callbacks(
     server: NatsServer, bus: ts.MessageBus, other: ts.MessageBus, aio: AsyncNats
 ) -> None:
@@ -868,8 +844,7 @@ def test_queue_group_with_callbacks(
 BIG = 512 * 1024
 
 
-@pytest.mark.timeout(30)
-def test_large_payload_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_large_payload_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     raw = os.urandom(BIG)
     structured = {"blob": os.urandom(BIG), "n": 1}
     sub = aio.subscribe("big.>")
@@ -888,8 +863,7 @@ def test_large_payload_telestion_to_natspy(bus: ts.MessageBus, aio: AsyncNats, e
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_large_payload_natspy_to_telestion(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_large_payload_natspy_to_telestion(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     raw = os.urandom(BIG)
     structured = {"blob": os.urandom(BIG), "n": 1}
     sub = bus.subscribe("big.>")
@@ -907,8 +881,7 @@ def test_large_payload_natspy_to_telestion(bus: ts.MessageBus, aio: AsyncNats, e
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_large_request_and_reply_both_ways(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_large_request_and_reply_both_ways(bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog) -> None:
     blob = os.urandom(BIG)
 
     async def reverse(msg: NatsPyMsg) -> None:
@@ -923,8 +896,9 @@ def test_large_request_and_reply_both_ways(bus: ts.MessageBus, aio: AsyncNats, e
     assert_no_bus_errors(bus, errors)
 
 
-@pytest.mark.timeout(30)
-def test_payload_of_exactly_max_payload_both_ways(bus: ts.MessageBus, aio: AsyncNats, errors: Any) -> None:
+def test_payload_of_exactly_max_payload_both_ways(
+    bus: ts.MessageBus, aio: AsyncNats, errors: ErrorLog
+) -> None:
     limit = bus.max_payload
     assert limit == aio.nc.max_payload
     blob = os.urandom(limit)

@@ -14,13 +14,14 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any, Iterator, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, Union
 
 import pytest
 
 import telestion_sync as ts
 from telestion_sync.server import NatsCluster, NatsServer
 
+from .conftest import join_all
 from .proxy import TCPProxy
 from .tlsutil import ALIAS_HOSTNAME, TLSFiles, connection_named
 
@@ -95,7 +96,6 @@ def assert_tls_on_server(
 ) -> dict:
     """The server lists the connection named ``name`` as a TLS connection."""
     conn = connection_named(srv, name)
-    assert conn is not None, f"no connection named {name!r} in connz"
     assert conn.get("tls_version"), f"connection {name!r} is not TLS on the server: {conn}"
     assert conn.get("tls_cipher_suite"), conn
     if tls_first:
@@ -104,6 +104,51 @@ def assert_tls_on_server(
         subjects = [c.get("subject", "") for c in conn.get("tls_peer_certs") or []]
         assert any(f"CN={peer_cn}" in s for s in subjects), subjects
     return conn
+
+
+def assert_tls_round_trip(
+    srv: NatsServer, url: str, *, tls_first: bool = False, peer_cn: Optional[str] = None, **options: Any
+) -> None:
+    """``ts.connect(url, **options)`` under a fresh name: messages flow, and ``srv`` lists the
+    connection as TLS (see :func:`assert_tls_on_server` for ``tls_first`` and ``peer_cn``)."""
+    name = unique_name()
+    with ts.connect(url, name=name, **options) as bus:
+        assert_round_trip(bus)
+        assert_tls_on_server(srv, name, tls_first=tls_first, peer_cn=peer_cn)
+
+
+def assert_reconnects_over_tls(
+    srv: NatsServer,
+    url: str,
+    break_link: Callable[[], None],
+    *,
+    tls_first: bool = False,
+    peer_cn: Optional[str] = None,
+    **options: Any,
+) -> None:
+    """Connected to ``url``, ``break_link()`` drops the connection: the bus reconnects, a
+    subscription made before still receives, and ``srv`` lists the new connection as TLS."""
+    reconnected = threading.Event()
+    name = unique_name()
+    subject = unique_name("reconnect")
+    with ts.connect(url, name=name, on_reconnect=reconnected.set, **FAST, **options) as bus:
+        pull = bus.subscribe(subject)
+        bus.flush()
+        break_link()
+        assert reconnected.wait(10), "no reconnect after the connection was broken"
+        bus.publish(subject, b"again")
+        assert pull.next_msg(timeout=5).payload == b"again"
+        assert_tls_on_server(srv, name, tls_first=tls_first, peer_cn=peer_cn)
+
+
+def kill_and_restart(srv: NatsServer) -> Callable[[], None]:
+    """A ``break_link`` for :func:`assert_reconnects_over_tls`: the server crashes and restarts."""
+
+    def restart() -> None:
+        srv.kill()
+        srv.restart()
+
+    return restart
 
 
 def connect_must_fail(
@@ -130,6 +175,19 @@ def connect_must_fail(
     pytest.fail(f"connect() returned a bus (status {status}) instead of raising {kind}")
 
 
+def assert_client_certificate_demanded(mtls_server: NatsServer, **options: Any) -> None:
+    """Without a client certificate ``connect()`` to the mutual TLS server fails at once, and
+    the error says that a certificate is missing."""
+    exc, _ = connect_must_fail(
+        (ts.TLSError, ts.AuthenticationError),
+        tls_url(mtls_server),
+        AT_ONCE,
+        connect_timeout=SLOW_CONNECT,
+        **options,
+    )
+    assert "certificate" in str(exc).lower(), f"does not mention the client certificate: {exc}"
+
+
 # --- the error type -------------------------------------------------------------------------
 
 
@@ -148,14 +206,15 @@ def test_ca_file_verifies_the_server_and_messages_flow_over_tls(
     tls_files: TLSFiles, tls_server: NatsServer, form: str
 ) -> None:
     name = unique_name()
+    opts: Dict[str, Any] = dict(tls_ca_file=tls_files.ca_file)
     if form == "tls-url-ip":
-        url, opts = tls_url(tls_server), dict(tls_ca_file=tls_files.ca_file)
+        url = tls_url(tls_server)
     elif form == "tls-url-localhost":
-        url, opts = tls_url(tls_server, "localhost"), dict(tls_ca_file=tls_files.ca_file)
+        url = tls_url(tls_server, "localhost")
     elif form == "nats-url-tls-true":
-        url, opts = tls_server.url, dict(tls=True, tls_ca_file=tls_files.ca_file)
+        url, opts["tls"] = tls_server.url, True
     else:  # any tls_* option turns TLS on
-        url, opts = tls_server.url, dict(tls_ca_file=tls_files.ca_file)
+        url = tls_server.url
     with ts.connect(url, name=name, connect_timeout=SLOW_CONNECT, **opts) as bus:
         assert bus.is_connected
         if url.startswith("tls://"):
@@ -170,11 +229,8 @@ def test_ssl_context_from_trustme_is_used_as_given(
 ) -> None:
     ctx = ssl.create_default_context()
     tls_files.ca.configure_trust(ctx)
-    name = unique_name()
     url = tls_url(tls_server) if scheme == "tls" else tls_server.url
-    with ts.connect(url, tls=ctx, name=name) as bus:
-        assert_round_trip(bus)
-        assert_tls_on_server(tls_server, name)
+    assert_tls_round_trip(tls_server, url, tls=ctx)
 
 
 @pytest.mark.timeout(60)  # above its own waits, so a failure reads as an assertion
@@ -216,7 +272,7 @@ def test_large_payloads_and_heavy_two_way_traffic_over_tls(
         for i in range(n):
             bus.publish("tls.flood", str(i).encode())
         assert done.wait(20), f"{len(got)} of {n} messages arrived"
-        t.join(20)
+        join_all([t], 20, what="the request thread")
         assert not errors, errors
         assert got == list(range(n))
 
@@ -258,8 +314,7 @@ def _publish_while_reading(bus: ts.MessageBus, label: str, n_threads: int = 3, p
     threads = [threading.Thread(target=publish, args=(k,)) for k in range(n_threads)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(10)
+    join_all(threads, 10, what=f"{label}: a publisher thread")
     arrived = done.wait(5)
     assert not failures, f"{label}: {failures[0]!r}"
     assert bus.is_connected, f"{label}: the connection dropped ({bus.status})"
@@ -333,6 +388,7 @@ def test_tls_handshake_that_stalls_times_out_within_connect_timeout(tls_files: T
     """A peer that announces TLS and then never answers the ClientHello: connect() gives up
     after connect_timeout (a fault injection, like the TCP proxy; not a NATS server)."""
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(SLOW_CONNECT)  # accept() must not outlive the test
     port = listener.getsockname()[1]
     held: List[socket.socket] = []
 
@@ -356,6 +412,7 @@ def test_tls_handshake_that_stalls_times_out_within_connect_timeout(tls_files: T
         assert elapsed >= 0.9, f"gave up after {elapsed:.2f} s, before the connect timeout: {exc!r}"
     finally:
         listener.close()
+        t.join(SLOW_CONNECT)
         for c in held:
             c.close()
 
@@ -404,59 +461,49 @@ def system_trusts_test_ca(tls_files: TLSFiles, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.usefixtures("system_trusts_test_ca")
 @pytest.mark.parametrize("form", ["tls-url", "tls-true"])
 def test_system_cas_are_the_default(tls_server: NatsServer, form: str) -> None:
-    name = unique_name()
     if form == "tls-url":
-        bus = ts.connect(tls_url(tls_server), name=name)
+        assert_tls_round_trip(tls_server, tls_url(tls_server))
     else:
-        bus = ts.connect(tls_server.url, name=name, tls=True)
-    with bus:
-        assert_round_trip(bus)
-        assert_tls_on_server(tls_server, name)
+        assert_tls_round_trip(tls_server, tls_server.url, tls=True)
 
 
 @pytest.mark.usefixtures("system_trusts_test_ca")
 def test_tls_handshake_first_alone_turns_tls_on(first_server: NatsServer) -> None:
     """``any tls_* option turns TLS on``: a nats:// URL with only tls_handshake_first=True."""
-    name = unique_name()
-    with ts.connect(
-        first_server.url, name=name, tls_handshake_first=True, connect_timeout=SLOW_CONNECT
-    ) as bus:
-        assert_round_trip(bus)
-        assert_tls_on_server(first_server, name, tls_first=True)
+    assert_tls_round_trip(
+        first_server, first_server.url, tls_first=True, tls_handshake_first=True, connect_timeout=SLOW_CONNECT
+    )
 
 
 @pytest.mark.usefixtures("system_trusts_test_ca")
 def test_tls_hostname_alone_turns_tls_on(alias_server: NatsServer) -> None:
     """``any tls_* option turns TLS on``: a nats:// URL with only tls_hostname=..."""
-    name = unique_name()
-    with ts.connect(
-        alias_server.url, name=name, tls_hostname=ALIAS_HOSTNAME, connect_timeout=SLOW_CONNECT
-    ) as bus:
-        assert_round_trip(bus)
-        assert_tls_on_server(alias_server, name)
+    assert_tls_round_trip(
+        alias_server, alias_server.url, tls_hostname=ALIAS_HOSTNAME, connect_timeout=SLOW_CONNECT
+    )
 
 
 # --- mutual TLS -----------------------------------------------------------------------------
 
 
 def test_mutual_tls_with_client_cert_and_key_files(tls_files: TLSFiles, mtls_server: NatsServer) -> None:
-    name = unique_name()
-    with ts.connect(
+    assert_tls_round_trip(
+        mtls_server,
         tls_url(mtls_server),
-        name=name,
+        peer_cn="test-client",
         tls_ca_file=tls_files.ca_file,
         tls_cert_file=tls_files.client_cert,
         tls_key_file=tls_files.client_key,
-    ) as bus:
-        assert_round_trip(bus)
-        assert_tls_on_server(mtls_server, name, peer_cn="test-client")
+    )
 
 
 def test_mutual_tls_with_client_cert_in_an_ssl_context(tls_files: TLSFiles, mtls_server: NatsServer) -> None:
-    name = unique_name()
-    with ts.connect(tls_url(mtls_server), name=name, tls=tls_files.client_context(client_cert=True)) as bus:
-        assert_round_trip(bus)
-        assert_tls_on_server(mtls_server, name, peer_cn="test-client")
+    assert_tls_round_trip(
+        mtls_server,
+        tls_url(mtls_server),
+        peer_cn="test-client",
+        tls=tls_files.client_context(client_cert=True),
+    )
 
 
 @pytest.mark.parametrize("max_version", [None, ssl.TLSVersion.TLSv1_2], ids=["tls1.3", "tls1.2"])
@@ -467,30 +514,16 @@ def test_mutual_tls_without_a_client_cert_in_a_context_fails_clearly_at_once(
     ctx = tls_files.client_context()
     if max_version is not None:
         ctx.maximum_version = max_version
-    exc, _ = connect_must_fail(
-        (ts.TLSError, ts.AuthenticationError),
-        tls_url(mtls_server),
-        AT_ONCE,
-        tls=ctx,
-        connect_timeout=SLOW_CONNECT,
-    )
-    assert "certificate" in str(exc).lower(), f"does not mention the client certificate: {exc}"
+    assert_client_certificate_demanded(mtls_server, tls=ctx)
 
 
 @pytest.mark.parametrize("retry", [False, True], ids=["plain", "retry_on_failed_connect"])
 def test_mutual_tls_without_a_client_cert_fails_clearly_at_once(
     tls_files: TLSFiles, mtls_server: NatsServer, retry: bool
 ) -> None:
-    exc, _ = connect_must_fail(
-        (ts.TLSError, ts.AuthenticationError),
-        tls_url(mtls_server),
-        AT_ONCE,
-        tls_ca_file=tls_files.ca_file,
-        connect_timeout=SLOW_CONNECT,
-        retry_on_failed_connect=retry,
-        **FAST,
+    assert_client_certificate_demanded(
+        mtls_server, tls_ca_file=tls_files.ca_file, retry_on_failed_connect=retry, **FAST
     )
-    assert "certificate" in str(exc).lower(), f"does not mention the client certificate: {exc}"
 
 
 def test_mutual_tls_with_a_cert_from_an_untrusted_ca_fails_at_once(
@@ -522,12 +555,13 @@ def test_handshake_first_with_ca_file(tls_files: TLSFiles, first_server: NatsSer
 
 
 def test_handshake_first_with_ssl_context_and_nats_url(tls_files: TLSFiles, first_server: NatsServer) -> None:
-    name = unique_name()
-    with ts.connect(
-        first_server.url, name=name, tls=tls_files.client_context(), tls_handshake_first=True
-    ) as bus:
-        assert_round_trip(bus)
-        assert_tls_on_server(first_server, name, tls_first=True)
+    assert_tls_round_trip(
+        first_server,
+        first_server.url,
+        tls_first=True,
+        tls=tls_files.client_context(),
+        tls_handshake_first=True,
+    )
 
 
 @pytest.mark.parametrize("connect_timeout", [1.0, 4.0])
@@ -569,20 +603,15 @@ def test_handshake_first_client_against_a_normal_tls_server_fails_at_once(
 
 
 def test_tls_hostname_overrides_the_name_checked(tls_files: TLSFiles, alias_server: NatsServer) -> None:
-    name = unique_name()
-    with ts.connect(
-        tls_url(alias_server), name=name, tls_ca_file=tls_files.ca_file, tls_hostname=ALIAS_HOSTNAME
-    ) as bus:
-        assert_round_trip(bus)
-        assert_tls_on_server(alias_server, name)
+    assert_tls_round_trip(
+        alias_server, tls_url(alias_server), tls_ca_file=tls_files.ca_file, tls_hostname=ALIAS_HOSTNAME
+    )
 
 
 def test_tls_hostname_with_ssl_context(tls_files: TLSFiles, alias_server: NatsServer) -> None:
-    name = unique_name()
-    with ts.connect(
-        tls_url(alias_server), name=name, tls=tls_files.client_context(), tls_hostname=ALIAS_HOSTNAME
-    ) as bus:
-        assert_round_trip(bus)
+    assert_tls_round_trip(
+        alias_server, tls_url(alias_server), tls=tls_files.client_context(), tls_hostname=ALIAS_HOSTNAME
+    )
 
 
 def test_certificate_for_another_name_raises_tls_error_naming_the_host(
@@ -615,77 +644,38 @@ def test_wrong_tls_hostname_raises_tls_error_naming_it(tls_files: TLSFiles, alia
 
 def test_reconnect_after_a_cut_connection_is_tls_again(tls_files: TLSFiles, tls_server: NatsServer) -> None:
     proxy = TCPProxy(tls_server.host, tls_server.port)
-    reconnected = threading.Event()
-    name = unique_name()
     try:
-        with ts.connect(
-            f"tls://127.0.0.1:{proxy.port}",
-            name=name,
-            tls_ca_file=tls_files.ca_file,
-            on_reconnect=reconnected.set,
-            **FAST,
-        ) as bus:
-            pull = bus.subscribe("tls.after-cut")
-            bus.flush()
-            proxy.cut()
-            assert reconnected.wait(10), "no reconnect after the cut"
-            assert proxy.accepted >= 2
-            bus.publish("tls.after-cut", b"again")
-            assert pull.next_msg(timeout=5).payload == b"again"
-            assert_tls_on_server(tls_server, name)
+        assert_reconnects_over_tls(
+            tls_server, f"tls://127.0.0.1:{proxy.port}", proxy.cut, tls_ca_file=tls_files.ca_file
+        )
+        assert proxy.accepted >= 2
     finally:
         proxy.close()
 
 
 def test_reconnect_after_a_server_restart_is_tls_again(tls_files: TLSFiles) -> None:
-    srv = tls_files.nats_server(verify=True).start()
-    reconnected = threading.Event()
-    name = unique_name()
-    try:
-        with ts.connect(
+    with tls_files.nats_server(verify=True) as srv:
+        assert_reconnects_over_tls(
+            srv,
             tls_url(srv),
-            name=name,
+            kill_and_restart(srv),
+            peer_cn="test-client",
             tls_ca_file=tls_files.ca_file,
             tls_cert_file=tls_files.client_cert,
             tls_key_file=tls_files.client_key,
-            on_reconnect=reconnected.set,
-            **FAST,
-        ) as bus:
-            pull = bus.subscribe("tls.after-restart")
-            bus.flush()
-            srv.kill()
-            srv.restart()
-            assert reconnected.wait(10), "no reconnect after the restart"
-            bus.publish("tls.after-restart", b"again")
-            assert pull.next_msg(timeout=5).payload == b"again"
-            assert_tls_on_server(srv, name, peer_cn="test-client")
-    finally:
-        srv.__exit__(None, None, None)
+        )
 
 
 def test_reconnect_to_a_handshake_first_server(tls_files: TLSFiles) -> None:
-    srv = tls_files.nats_server(handshake_first=True).start()
-    reconnected = threading.Event()
-    name = unique_name()
-    try:
-        with ts.connect(
+    with tls_files.nats_server(handshake_first=True) as srv:
+        assert_reconnects_over_tls(
+            srv,
             tls_url(srv),
-            name=name,
+            kill_and_restart(srv),
+            tls_first=True,
             tls_ca_file=tls_files.ca_file,
             tls_handshake_first=True,
-            on_reconnect=reconnected.set,
-            **FAST,
-        ) as bus:
-            pull = bus.subscribe("tls.first-restart")
-            bus.flush()
-            srv.kill()
-            srv.restart()
-            assert reconnected.wait(10), "no reconnect after the restart"
-            bus.publish("tls.first-restart", b"again")
-            assert pull.next_msg(timeout=5).payload == b"again"
-            assert_tls_on_server(srv, name, tls_first=True)
-    finally:
-        srv.__exit__(None, None, None)
+        )
 
 
 # --- clusters: servers discovered from INFO connect_urls -----------------------------------

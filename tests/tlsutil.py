@@ -11,18 +11,15 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import time
 from typing import Any, Dict, List, Optional
 
 import trustme
 
-from telestion_sync.server import NatsServer, free_port
+from telestion_sync.server import NatsServer, _quote, free_port
+
+from .conftest import wait_until
 
 ALIAS_HOSTNAME = "nats.test"
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class TLSFiles:
@@ -105,26 +102,18 @@ class TLSFiles:
         return ctx
 
 
-def connections(srv: NatsServer, timeout: float = 5.0, want: int = 1) -> List[Dict[str, Any]]:
-    """The client connections in the server's ``connz`` (waits until ``want`` are listed)."""
-    deadline = time.monotonic() + timeout
-    while True:
+def connection_named(srv: NatsServer, name: str, timeout: float = 5.0) -> Dict[str, Any]:
+    """The ``connz`` entry of the client that sent ``name`` in its CONNECT (waits for it to be
+    listed; fails the test after ``timeout`` seconds)."""
+    found: List[Dict[str, Any]] = []
+
+    def listed() -> bool:
         conns: List[Dict[str, Any]] = srv.monitor("connz?auth=true").get("connections") or []
-        if len(conns) >= want or time.monotonic() > deadline:
-            return conns
-        time.sleep(0.05)
+        found[:] = [c for c in conns if c.get("name") == name]
+        return bool(found)
 
-
-def connection_named(srv: NatsServer, name: str, timeout: float = 5.0) -> Optional[Dict[str, Any]]:
-    """The ``connz`` entry of the client that sent ``name`` in its CONNECT (None if absent)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for c in connections(srv, timeout=0):
-            if c.get("name") == name:
-                return c
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
+    wait_until(listed, timeout, what=f"a connection named {name!r} in connz")
+    return found[0]
 
 
 class TLSFirstServer(NatsServer):
