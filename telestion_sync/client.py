@@ -227,6 +227,7 @@ class MessageBus(Handler):
         self._close_lock = threading.Lock()
         self._status_q: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
         self._status_thread: Optional[threading.Thread] = None
+        self._listeners: List[Callable[[State], Any]] = []  # copied on write, read lock-free
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -320,6 +321,7 @@ class MessageBus(Handler):
         deadline = time.monotonic() + 2.0  # for a callback that is running now to return
         for sub in subs:
             sub._join(max(0.0, deadline - time.monotonic()))
+        self._status_q.put((self._tell_listeners, (State.CLOSED,)))
         self._status_q.put(None)
         t = self._status_thread
         if t is not None and t is not threading.current_thread():
@@ -784,9 +786,34 @@ class MessageBus(Handler):
                 err if isinstance(err, Error) else ConnectionClosedError(f"connection lost: {err}")
             )
         self._status_q.put((self._on_disconnect, ()))
+        self._status_q.put((self._tell_listeners, (State.RECONNECTING,)))
 
     def _on_reconnected(self) -> None:
         self._status_q.put((self._on_reconnect, ()))
+        self._status_q.put((self._tell_listeners, (State.CONNECTED,)))
+
+    def add_status_listener(self, listener: Callable[[State], Any]) -> Callable[[], None]:
+        """Call ``listener(state)`` on the status thread whenever the connection is lost
+        (``State.RECONNECTING``), back (``State.CONNECTED``) or closed for good
+        (``State.CLOSED``). For layers built on the bus (JetStream consumers re-pull after a
+        reconnect). Returns a function that removes the listener."""
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, not {type(listener).__name__}")
+        with self._close_lock:
+            self._listeners = [*self._listeners, listener]
+
+        def remove() -> None:
+            with self._close_lock:
+                self._listeners = [f for f in self._listeners if f is not listener]
+
+        return remove
+
+    def _tell_listeners(self, state: State) -> None:
+        for listener in self._listeners:
+            try:
+                listener(state)
+            except Exception:
+                log.exception("status listener %r raised", listener)
 
     def _on_connection_closed(self, err: BaseException) -> None:
         if err is not self._last_server_error:  # a refusal was reported when it came

@@ -582,3 +582,28 @@ def test_ctrl_c_interrupts_a_blocking_call_and_leaves_the_bus_usable(bus: ts.Mes
     timer.join(5)
     assert bus.request("alive", timeout=2).data == "yes"
     assert not bus._resp_map
+
+
+def test_status_listeners_see_disconnect_reconnect_and_close(server: NatsServer) -> None:
+    seen: List[ts.State] = []
+    closed = threading.Event()
+
+    def listener(state: ts.State) -> None:
+        seen.append(state)
+        if state is ts.State.CLOSED:
+            closed.set()
+
+    removed: List[ts.State] = []
+    bus = ts.connect(server.url, **FAST)
+    bus.add_status_listener(listener)
+    remove = bus.add_status_listener(removed.append)
+    remove()
+    server.kill()
+    server.restart()
+    wait_until(lambda: ts.State.CONNECTED in seen, what="the reconnect reaching the listener")
+    bus.close()
+    assert closed.wait(5)
+    assert seen == [ts.State.RECONNECTING, ts.State.CONNECTED, ts.State.CLOSED]
+    assert removed == []
+    with pytest.raises(TypeError, match="listener must be callable"):
+        bus.add_status_listener("nope")  # type: ignore[arg-type]
