@@ -71,7 +71,7 @@ class _ErrorLog:
 
     def __call__(self, err: BaseException) -> None:
         with self._cond:
-            self.errors.append(err)
+            self.errors += [err] * getattr(err, "repeated", 1)  # identical ones come coalesced
             self._cond.notify_all()
         if self.live and not _ends_command(err):
             print(f"telestion-sync: warning: {_describe(err)}", file=sys.stderr, flush=True)
@@ -459,7 +459,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     if not services:
         print("no Telestion service answered", file=sys.stderr)
         return EXIT_ERROR
-    print(_table([[str(s.get("name")), str(s.get("errors"))] for s in services], ["SERVICE", "ERRORS"]))
+    # A service that does not report its error count (the Telestion Deno library answers with
+    # its name only) shows "-", as a table shows a missing value, not "None".
+    rows = [[str(s.get("name", "-")), "-" if s.get("errors") is None else str(s["errors"])] for s in services]
+    print(_table(rows, ["SERVICE", "ERRORS"]))
     return 0
 
 

@@ -30,6 +30,7 @@ from .connection import (
     DEFAULT_RECONNECT_BUF_SIZE,
     DEFAULT_RECONNECT_JITTER,
     DEFAULT_RECONNECT_TIME_WAIT,
+    DEFAULT_WRITE_TIMEOUT,
     WRITE_HIGH_WATER,
     Connection,
     Handler,
@@ -82,13 +83,20 @@ DEFAULT_SERVER = "nats://127.0.0.1:4222"
 DEFAULT_TIMEOUT = 5.0
 _SUBJECT_CACHE_SIZE = 4096
 _CLOSED: Any = object()  # a request slot's value when the bus closed under it
+#: Distinct errors waiting for the status thread at most; identical ones are coalesced.
+MAX_QUEUED_ERRORS = 1000
 
 ErrorCallback = Callable[[BaseException], Any]
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Counters of a bus since it connected."""
+    """Counters of a bus since it connected.
+
+    ``unrouted_msgs`` counts messages that arrived for no live subscription (sent by the
+    server before it saw an unsubscribe); ``dropped_msgs`` those that subscriptions dropped
+    at their pending limits; ``pending_requests`` the requests waiting for a reply now.
+    """
 
     in_msgs: int
     in_bytes: int
@@ -96,6 +104,53 @@ class Stats:
     out_bytes: int
     reconnects: int
     errors: int
+    unrouted_msgs: int = 0
+    dropped_msgs: int = 0
+    pending_requests: int = 0
+
+
+class SubjectCache:
+    """Encoded, validated publish subjects, bounded against any stream of unique subjects.
+
+    Two generations: new subjects enter the young one; when it is full it becomes the old one
+    (the previous old one is dropped), and a subject found in the old one moves back. Subjects
+    in steady use stay; a flood of one-off subjects costs one validation each and never
+    pushes the working set out for good (a plain "fill once" cache stayed poisoned).
+    """
+
+    __slots__ = ("young", "old", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.young: Dict[str, bytes] = {}
+        self.old: Dict[str, bytes] = {}
+        self.size = size
+
+    def get(self, subject: str) -> Optional[bytes]:
+        """The encoded subject when cached, else None (the hot path reads ``young`` directly)."""
+        sb = self.young.get(subject)
+        if sb is None:
+            sb = self.old.get(subject)
+            if sb is not None:
+                self._put(subject, sb)
+        return sb
+
+    def encode(self, subject: str) -> bytes:
+        """The encoded subject, validated and cached on first use."""
+        sb = self.get(subject)
+        if sb is None:
+            sb = validate_subject(subject, wildcards=False)
+            self._put(subject, sb)
+        return sb
+
+    def _put(self, subject: str, sb: bytes) -> None:
+        young = self.young
+        if len(young) >= self.size:  # the same dict object stays young: the hot path holds it
+            self.old = young.copy()
+            young.clear()
+        young[subject] = sb
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self.old)
 
 
 def log_error(err: BaseException) -> None:
@@ -143,6 +198,7 @@ class MessageBus(Handler):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         max_outstanding_pings: int = DEFAULT_MAX_OUTSTANDING_PINGS,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         echo: bool = True,
         inbox_prefix: str = "_INBOX",
         default_codec: _codecs.CodecSpec = "json",
@@ -194,6 +250,7 @@ class MessageBus(Handler):
             connect_timeout=connect_timeout,
             ping_interval=ping_interval,
             max_outstanding_pings=max_outstanding_pings,
+            write_timeout=write_timeout,
             echo=echo,
             allow_reconnect=allow_reconnect,
             max_reconnect_attempts=max_reconnect_attempts,
@@ -209,7 +266,10 @@ class MessageBus(Handler):
         self.name = name
         self._subs: Dict[int, Subscription] = {}
         self._sids = itertools.count(1)
-        self._pub_subjects: Dict[str, bytes] = {}
+        self._pub_subjects = SubjectCache(_SUBJECT_CACHE_SIZE)
+        self._pub_hot = self._pub_subjects.young  # the publish fast path's lookup
+        self._unrouted = 0  # reader thread only
+        self._dropped_gone = 0  # slow-consumer drops of subscriptions that have ended
         self._touched: List[Subscription] = []
         # Requests: one wildcard subscription, replies matched by the last token.
         self._resp_lock = threading.Lock()
@@ -221,7 +281,10 @@ class MessageBus(Handler):
         self._resp_error: Optional[PermissionViolationError] = None  # the inbox was denied
         self._gathers: Dict[Subscription, str] = {}  # request_many() inboxes -> request subject
         self._req_ids = itertools.count(1)
-        self._errors = 0  # written by _report_error
+        self._errors = 0  # written by _report_error (under _error_lock)
+        self._error_lock = threading.Lock()
+        self._queued_errors: Dict[Any, BaseException] = {}  # (type, text) -> the queued one
+        self._shed_errors = 0  # reported while MAX_QUEUED_ERRORS distinct ones were queued
         self._last_server_error: Optional[BaseException] = None
         self._closed = False
         self._close_lock = threading.Lock()
@@ -294,8 +357,17 @@ class MessageBus(Handler):
     def stats(self) -> Stats:
         """Message and byte counters in both directions, reconnects and reported errors."""
         conn = self._conn
+        subs = list(self._subs.values())
         return Stats(
-            conn.in_msgs, conn.in_bytes, conn.out_msgs, conn.out_bytes, conn.reconnects, self._errors
+            conn.in_msgs,
+            conn.in_bytes,
+            conn.out_msgs,
+            conn.out_bytes,
+            conn.reconnects,
+            self._errors,
+            self._unrouted,
+            self._dropped_gone + sum(sub.dropped for sub in subs),
+            len(self._resp_map) + len(self._gathers),
         )
 
     def close(self) -> None:
@@ -312,12 +384,11 @@ class MessageBus(Handler):
         self._conn.close()
         self._fail_requests()
         subs = list(self._subs.values())
-        self._subs.clear()
         for sub in subs:
-            if sub._callback is not None:  # as nats.go: what is pending is not delivered now
-                sub._discard(self._closed_error())
-            else:  # a pull subscription's next_msg() still returns what had arrived
-                sub._close(self._closed_error())
+            self._remove_sub(sub.sid)
+        error = self._closed_error()
+        for sub in subs:  # as nats.go: what is pending is not delivered now
+            sub._stop(error, wait=0)
         deadline = time.monotonic() + 2.0  # for a callback that is running now to return
         for sub in subs:
             sub._join(max(0.0, deadline - time.monotonic()))
@@ -336,10 +407,11 @@ class MessageBus(Handler):
         subs = list(self._subs.values())
         try:
             for sub in subs:
+                sub._draining = True  # not re-established by a reconnect during the flush
                 self._conn.write_control(encode_unsub(sub.sid))
             self.flush(timeout)
             for sub in subs:
-                self._subs.pop(sub.sid, None)
+                self._remove_sub(sub.sid)
                 sub._close()
             late = []
             for sub in subs:
@@ -349,7 +421,7 @@ class MessageBus(Handler):
                     late.append(sub)
             if late:  # as nats.go's ErrDrainTimeout: reported, and their rest is dropped
                 for sub in late:
-                    sub._discard()
+                    sub._stop(wait=0)
                 names = ", ".join(repr(sub.subject) for sub in late)
                 self._report_error(
                     TimeoutError(f"drain did not finish within {timeout} s; still delivering: {names}")
@@ -377,7 +449,7 @@ class MessageBus(Handler):
         """
         if reply is None and headers is None and codec is None and type(data) is bytes:
             # The hot path: a cached subject and raw bytes, written straight into the buffer.
-            sb = self._pub_subjects.get(subject)
+            sb = self._pub_hot.get(subject)
             conn = self._conn
             n = len(data)
             if sb is not None and n <= conn.inline_max:
@@ -410,12 +482,15 @@ class MessageBus(Handler):
         headers: Optional[Mapping[str, Any]],
         codec: _codecs.CodecSpec,
         now: bool,
+        cache: bool = True,
     ) -> None:
-        sb = self._pub_subjects.get(subject)
-        if sb is None:
-            sb = validate_subject(subject, wildcards=False)
-            if len(self._pub_subjects) < _SUBJECT_CACHE_SIZE:
-                self._pub_subjects[subject] = sb
+        """Encode and queue a message; ``now`` for calls that wait for an answer (requests,
+        replies): sent at once, and never waiting behind another send. Reply subjects are
+        not cached (``cache=False``): they are used once."""
+        if cache:
+            sb = self._pub_subjects.encode(subject)
+        else:
+            sb = self._pub_hot.get(subject) or validate_subject(subject, wildcards=False)
         if type(data) is bytes and codec is None:
             payload = data
         else:
@@ -430,16 +505,16 @@ class MessageBus(Handler):
             if size > conn.max_payload:
                 raise MaxPayloadError(size, conn.max_payload)
             # Parts go into the write buffer one by one: no extra copy of a large payload.
-            conn.write(hpub_head(sb, len(hb), size, reply), 1, n, hb, payload, CRLF)
+            conn.write(hpub_head(sb, len(hb), size, reply), 1, n, hb, payload, CRLF, block=not now)
         else:
             if n > conn.max_payload:
                 raise MaxPayloadError(n, conn.max_payload)
             if n > LARGE_PAYLOAD:
-                conn.write(pub_head(sb, n, reply), 1, n, payload, CRLF)
+                conn.write(pub_head(sb, n, reply), 1, n, payload, CRLF, block=not now)
             else:
-                conn.write(encode_pub(sb, payload, reply), 1, n)
+                conn.write(encode_pub(sb, payload, reply), 1, n, block=not now)
         if now:
-            conn.send_now()
+            conn.send_now(block=False)
 
     def _encode(self, data: Any, codec: _codecs.CodecSpec) -> Any:
         c = self._default_codec if codec is None else _codecs.get_codec(codec)
@@ -506,7 +581,7 @@ class MessageBus(Handler):
         try:
             self._conn.write_control(sub._sub_frame)
         except BaseException:
-            self._subs.pop(sid, None)
+            self._remove_sub(sid)
             sub._close()
             raise
         if max_msgs is not None:
@@ -514,7 +589,7 @@ class MessageBus(Handler):
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        if self._subs.pop(sub.sid, None) is not None and not self._closed:
+        if self._remove_sub(sub.sid) is not None and not self._closed:
             try:
                 self._conn.write_control(encode_unsub(sub.sid))
             except ConnectionClosedError:
@@ -524,12 +599,23 @@ class MessageBus(Handler):
         self._conn.write_control(encode_unsub(sub.sid, max_msgs))
 
     def _drain_sub(self, sub: Subscription, timeout: Optional[float]) -> None:
+        # Marked first: a reconnect while the flush waits must not subscribe it again (the
+        # server would route a queue group's share to a member that is going away).
+        sub._draining = True
         self._conn.write_control(encode_unsub(sub.sid))
         self.flush(DEFAULT_TIMEOUT if timeout is None else timeout)
-        self._subs.pop(sub.sid, None)
+        self._remove_sub(sub.sid)
 
-    def _remove_sub(self, sid: int) -> None:
-        self._subs.pop(sid, None)
+    def _count_unrouted(self) -> None:
+        """A message for a subscription that just ended (reader thread only)."""
+        self._unrouted += 1
+
+    def _remove_sub(self, sid: int) -> Optional[Subscription]:
+        """Take a subscription out of the routing table (its drops stay in ``stats``)."""
+        sub = self._subs.pop(sid, None)
+        if sub is not None:
+            self._dropped_gone += sub.dropped
+        return sub
 
     @property
     def subscriptions(self) -> List[Subscription]:
@@ -573,10 +659,11 @@ class MessageBus(Handler):
         lock = threading.Lock()
         lock.acquire()
         slot: List[Any] = [lock, None, subject]
+        deadline = time.monotonic() + timeout
         self._resp_map[token] = slot
         try:
             self._publish(subject, data, self._resp_prefix + token, headers, codec, True)
-            if not lock.acquire(True, timeout):
+            if not lock.acquire(True, max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"no reply to request on {subject!r} within {timeout} s")
         finally:
             self._resp_map.pop(token, None)
@@ -733,7 +820,8 @@ class MessageBus(Handler):
             return
         sub = self._subs.get(sid)
         if sub is None:
-            return  # arrived after unsubscribe
+            self._unrouted += 1  # sent before the server saw our UNSUB: counted, not lost unseen
+            return
         if hdr is None:
             try:
                 msg = Message(subject.decode(), payload, reply.decode() if reply else None, None, sub)
@@ -768,7 +856,7 @@ class MessageBus(Handler):
                 return
             for sub in list(self._subs.values()):
                 if sub.subject == err.subject and (err.queue is None or sub.queue == err.queue):
-                    self._subs.pop(sub.sid, None)
+                    self._remove_sub(sub.sid)
                     sub._close(err)
         else:
             for token, slot in list(self._resp_map.items()):
@@ -836,6 +924,8 @@ class MessageBus(Handler):
             # again (cleared here, before the new reader can deliver that answer).
             self._resp_error = None
         for sub in list(self._subs.values()):
+            if sub._draining:
+                continue
             frames.append(sub._sub_frame)
             if sub._max is not None:
                 left = sub._max - sub._received
@@ -846,12 +936,36 @@ class MessageBus(Handler):
     # --- status callbacks --------------------------------------------------------------------
 
     def _report_error(self, err: BaseException) -> None:
-        """Count an error and hand it to ``on_error`` on the status thread (or log it)."""
-        self._errors += 1
-        self._status_q.put((self._deliver_error, (err,)))
+        """Count an error and hand it to ``on_error`` on the status thread (or log it).
 
-    def _deliver_error(self, err: BaseException) -> None:
-        (self._on_error or log_error)(err)
+        The queue is bounded: an error identical (type and text) to one still queued is
+        coalesced into it (its ``repeated`` count grows), and past ``MAX_QUEUED_ERRORS``
+        distinct ones the rest are counted and reported as one summary. ``stats.errors``
+        counts every one."""
+        key = (type(err), str(err))
+        with self._error_lock:
+            self._errors += 1
+            queued = self._queued_errors.get(key)
+            if queued is not None:
+                queued.repeated += 1  # type: ignore[attr-defined]
+                return
+            if len(self._queued_errors) >= MAX_QUEUED_ERRORS:
+                self._shed_errors += 1
+                return
+            err.repeated = 1  # type: ignore[attr-defined]
+            self._queued_errors[key] = err
+        self._status_q.put((self._deliver_error, (key,)))
+
+    def _deliver_error(self, key: Any) -> None:
+        with self._error_lock:
+            err = self._queued_errors.pop(key)
+            shed, self._shed_errors = self._shed_errors, 0
+        handler = self._on_error or log_error
+        handler(err)
+        if shed:
+            summary = Error(f"{shed} further error(s) were not reported one by one (error queue full)")
+            summary.repeated = shed
+            handler(summary)
 
     def _status_loop(self) -> None:
         while True:
@@ -886,7 +1000,7 @@ class MessageBus(Handler):
         found = list(self._conn.threads)
         if self._status_thread is not None and self._status_thread.is_alive():
             found.append(self._status_thread)
-        for sub in self._subs.values():
+        for sub in list(self._subs.values()):  # a copy: other threads (un)subscribe meanwhile
             if sub._thread is not None and sub._thread.is_alive():
                 found.append(sub._thread)
         return found

@@ -61,6 +61,11 @@ DEFAULT_PORT = 4222
 DEFAULT_CONNECT_TIMEOUT = 2.0  # nats.go's default
 DEFAULT_PING_INTERVAL = 120.0  # nats.go's default
 DEFAULT_MAX_OUTSTANDING_PINGS = 2  # nats.go's default
+#: A send that moves no chunk of ``_SEND_CHUNK`` bytes within this many seconds means a dead
+#: link (nats-server's own write_deadline is 10 s). Separate from ``ping_interval``, so a
+#: stalled send is found in seconds, not minutes.
+DEFAULT_WRITE_TIMEOUT = 10.0
+_SEND_CHUNK = 1024 * 1024
 #: Above this many buffered bytes a publisher sends the buffer itself (backpressure).
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 DEFAULT_MAX_RECONNECT_ATTEMPTS = 60  # nats.go's default, per server; -1: forever
@@ -285,6 +290,7 @@ class Connection:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         max_outstanding_pings: int = DEFAULT_MAX_OUTSTANDING_PINGS,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         echo: bool = True,
         allow_reconnect: bool = True,
         max_reconnect_attempts: int = DEFAULT_MAX_RECONNECT_ATTEMPTS,
@@ -306,6 +312,7 @@ class Connection:
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
         self.max_outstanding_pings = max_outstanding_pings
+        self.write_timeout = write_timeout
         self._echo = echo
         self.allow_reconnect = allow_reconnect
         self.max_reconnect_attempts = max_reconnect_attempts
@@ -445,7 +452,9 @@ class Connection:
             fields = self._connect_options(addr, ctx is not None, info.get("nonce"))
             sock.sendall(encode_connect(fields) + PING_FRAME)
             self._read_until(sock, parser, events, deadline, PONG, addr)
-            sock.settimeout(self.ping_interval)  # bounds a sendall into a stalled connection
+            # Bounds each chunk a writer sends into a stalled connection (_send); the reader's
+            # recv just wakes up this often to see whether the link was given up.
+            sock.settimeout(self.write_timeout)
             return sock, parser, info, events
         except socket.timeout:
             sock.close()
@@ -632,10 +641,12 @@ class Connection:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def write(self, frame: bytes, nmsgs: int = 0, nbytes: int = 0, *more: bytes) -> None:
+    def write(self, frame: bytes, nmsgs: int = 0, nbytes: int = 0, *more: bytes, block: bool = True) -> None:
         """Queue ``frame`` (and the parts in ``more``) for the writer thread; while
         disconnected, for the next server.
 
+        Over the high-water mark a publisher sends the buffer itself (backpressure); with
+        ``block=False`` (calls with a timeout of their own) it never waits for another send.
         Raises :class:`OutboundBufferFullError` when disconnected and the reconnect buffer
         cannot take the frame, :class:`ConnectionClosedError` when closed.
         """
@@ -660,7 +671,7 @@ class Connection:
                 self._wcond.notify()
             big = self.connected and len(buf) > WRITE_HIGH_WATER
         if big:
-            self.send_now()
+            self.send_now(block)
 
     def write_control(self, frame: bytes) -> None:
         """Queue a SUB/UNSUB frame. While disconnected it is dropped: the client's state is
@@ -684,18 +695,44 @@ class Connection:
             self._state_cond.notify_all()
         return data
 
-    def send_now(self) -> None:
-        """Send everything buffered from the calling thread (for latency and backpressure)."""
-        with self._send_lock:
+    def send_now(self, block: bool = True) -> None:
+        """Send everything buffered from the calling thread (for latency and backpressure).
+
+        With ``block=False`` it leaves the buffer to the writer thread when another send is in
+        progress: a request, flush or reply never waits behind a large publish on a slow link
+        (nats.go's Flush and Request can). Each chunk sent may take ``write_timeout``.
+        """
+        if not self._send_lock.acquire(block):
+            with self._wlock:
+                self._wcond.notify()  # the writer takes it after the send in progress
+            return
+        try:
             with self._wlock:
                 link = self._link
                 if not self.connected or link is None or not self._wbuf:
                     return
                 data = self._take()
-            try:
-                link.sock.sendall(data)
-            except OSError as exc:
-                self._lost(link, exc)
+            self._send(link, data)
+        finally:
+            self._send_lock.release()
+
+    def _send(self, link: _Link, data: bytearray) -> bool:
+        """Send ``data`` on ``link`` (with _send_lock held) in chunks, each within
+        ``write_timeout``; a link that cannot take one is lost. True when all was sent."""
+        sendall = link.sock.sendall
+        try:
+            if len(data) <= _SEND_CHUNK:
+                sendall(data)
+            else:
+                view = memoryview(data)
+                for i in range(0, len(view), _SEND_CHUNK):
+                    sendall(view[i : i + _SEND_CHUNK])
+            return True
+        except socket.timeout:
+            self._lost(link, Error(f"stalled connection: could not send for {self.write_timeout} s"))
+        except OSError as exc:
+            self._lost(link, exc)
+        return False
 
     def ping(self, timeout: float) -> None:
         """Round trip a PING; return when the server's PONG arrived (everything before it has
@@ -715,7 +752,7 @@ class Connection:
                 self._pongs.append(pong)
                 self._wbuf += PING_FRAME
                 self._pings_in_buf += 1
-            self.send_now()
+            self.send_now(block=False)
             if not pong.event.wait(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"no PONG from the server within {timeout} s")
             if pong.ok:
@@ -726,6 +763,9 @@ class Connection:
     def _write_loop(self, link: _Link) -> None:
         try:
             self._write(link)
+        except Exception as exc:  # a bug must not leave a link that nobody writes to
+            log.error("writer for %s failed", link.server.addr.url, exc_info=True)
+            self._lost(link, exc)
         finally:
             self._release(link)
 
@@ -733,7 +773,6 @@ class Connection:
         cond = self._wcond
         interval = self.ping_interval
         next_ping = time.monotonic() + interval
-        sock = link.sock
         while True:
             stale = False
             with cond:
@@ -763,12 +802,8 @@ class Connection:
                     if not link.alive or link.drainer is not None:
                         return
                     data = self._take()
-                if data:
-                    try:
-                        sock.sendall(data)
-                    except OSError as exc:
-                        self._lost(link, exc)
-                        return
+                if data and not self._send(link, data):
+                    return
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -800,9 +835,13 @@ class Connection:
                         nbytes += len(ev[4])
                         on_msg(ev)
                     elif kind == PING:
+                        # Queued for the writer: the reader never waits on the send side, so
+                        # a link stalled upstream does not stop delivery (replies included).
                         with self._wlock:
                             self._wbuf += PONG_FRAME
-                        self.send_now()
+                            if self._writer_waiting:
+                                self._writer_waiting = False
+                                self._wcond.notify()
                     elif kind == PONG:
                         self._on_pong(link)
                     elif kind == ERR:
@@ -826,6 +865,9 @@ class Connection:
         except (OSError, ProtocolError, ValueError) as exc:
             if isinstance(exc, ProtocolError):
                 handler._on_server_error(exc)
+            self._lost(link, exc)
+        except Exception as exc:  # a bug must not leave a zombie link until stale detection
+            log.error("reader for %s failed", link.server.addr.url, exc_info=True)
             self._lost(link, exc)
 
     def _on_pong(self, link: _Link) -> None:

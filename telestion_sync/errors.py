@@ -12,7 +12,13 @@ from typing import Any, Optional
 
 
 class Error(Exception):
-    """Base class of every telestion_sync error."""
+    """Base class of every telestion_sync error.
+
+    ``repeated``: how many identical reports an error handed to ``on_error`` stands for
+    (identical errors queued at once are coalesced into one call).
+    """
+
+    repeated: int = 1
 
 
 class ConnectionClosedError(Error):

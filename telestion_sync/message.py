@@ -131,7 +131,7 @@ class Message:
         bus = self._ctx._bus
         if bus is None:
             raise ValueError("message is not bound to a bus; use bus.publish(msg.reply, ...)")
-        bus._publish(self.reply, data, None, headers, codec, True)
+        bus._publish(self.reply, data, None, headers, codec, True, cache=False)
         self._responded = True
 
     @property

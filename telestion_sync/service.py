@@ -45,24 +45,41 @@ _SEMVER = re.compile(
 
 
 class _ErrorWindow:
-    """Counts errors reported in the last ``ERROR_WINDOW`` seconds, then passes them on."""
+    """Counts errors reported in the last ``ERROR_WINDOW`` seconds, then passes them on.
+
+    Bounded: counts are kept per second (at most ``ERROR_WINDOW`` + 1 buckets), however many
+    errors arrive; a coalesced report counts as the ``repeated`` errors it stands for."""
 
     def __init__(self, forward: Optional[Callable[[BaseException], Any]]) -> None:
-        self._times: Deque[float] = collections.deque()
+        self._buckets: Deque[List[int]] = collections.deque()  # [second, count], oldest first
         self._lock = threading.Lock()
         self._forward = forward
 
     def __call__(self, err: BaseException) -> None:
+        second = int(_clock())
+        count = getattr(err, "repeated", 1)
         with self._lock:
-            self._times.append(_clock())
+            if self._buckets and self._buckets[-1][0] == second:
+                self._buckets[-1][1] += count
+            else:
+                self._buckets.append([second, count])
+                self._expire()
         (self._forward or log_error)(err)
 
-    def recent(self) -> int:
+    def _expire(self) -> None:
         cutoff = _clock() - ERROR_WINDOW
+        while self._buckets and self._buckets[0][0] + 1 <= cutoff:
+            self._buckets.popleft()
+
+    def recent(self) -> int:
         with self._lock:
-            while self._times and self._times[0] < cutoff:
-                self._times.popleft()
-            return len(self._times)
+            self._expire()
+            return sum(count for _, count in self._buckets)
+
+    @property
+    def buckets(self) -> int:
+        """How many per-second counts are kept (bounded by the window)."""
+        return len(self._buckets)
 
 
 class _EndpointStats:

@@ -31,8 +31,12 @@ Callback = Callable[[Message], Any]
 _COND_LOCK = threading.Lock()  # guards the lazy creation of subscriptions' conditions
 
 
-class SubscriptionClosedError(ConnectionClosedError):
-    """The subscription was unsubscribed, drained, or reached its auto-unsubscribe limit."""
+class SubscriptionClosedError(Error):
+    """The subscription was unsubscribed, drained, or reached its auto-unsubscribe limit.
+
+    Not a :class:`ConnectionClosedError`: the bus may well be alive. A pull subscription whose
+    bus closed raises ``ConnectionClosedError`` from ``next_msg`` instead; iteration ends
+    quietly on either."""
 
 
 class Subscription(MessageContext):
@@ -71,7 +75,11 @@ class Subscription(MessageContext):
         # waiter creates it before it looks at the queue, a closer sets _closed before it looks
         # for it, so no wake-up is lost.
         self._cond: Optional[threading.Condition] = None
-        self._waiting = False  # consumer is (about to be) blocked in wait(); read by the reader
+        # Consumers in (or about to enter) wait(), counted under _cond; read by the reader. A
+        # count, not a flag: with several threads pulling, one that times out must not hide
+        # the others from the reader's wake-up (a lost wake-up left a message queued while a
+        # second thread slept out its whole timeout).
+        self._waiters = 0
         self._touched = False  # already in the reader's wake list for this batch
         # Counters written by exactly one thread each, so no lock is needed.
         self._received = 0  # reader
@@ -83,6 +91,11 @@ class Subscription(MessageContext):
         self._max: Optional[int] = None
         self._sub_frame = b""  # the SUB frame, replayed on reconnect
         self._closed = False  # no more messages will be queued
+        self._draining = False  # drain() sent its UNSUB: never subscribed again on a reconnect
+        # unsubscribe()/close() ran: nothing more is handed out, not even what is queued.
+        self._stopped = False
+        # Held while a callback runs, so unsubscribe() from another thread can wait for it.
+        self._deliver_lock = threading.Lock()
         self._error: Optional[BaseException] = None  # why it failed, raised by next_msg
         self._thread: Optional[threading.Thread] = None
         self._finished = False  # closed and everything pending delivered (under _cond)
@@ -101,8 +114,8 @@ class Subscription(MessageContext):
 
     @property
     def pending(self) -> int:
-        """Messages received and not yet delivered."""
-        return len(self._queue)
+        """Messages received and not yet delivered (0 once unsubscribed: none will be)."""
+        return 0 if self._stopped else len(self._queue)
 
     @property
     def pending_bytes(self) -> int:
@@ -133,6 +146,9 @@ class Subscription(MessageContext):
 
     def _enqueue(self, msg: Message, size: int) -> bool:
         """Queue a message; return True when the consumer may need waking."""
+        if self._stopped:  # unsubscribed after the reader looked it up: as if unrouted
+            self._bus._count_unrouted()
+            return False
         self._received += 1
         q = self._queue
         if len(q) >= self.pending_msgs_limit or (
@@ -167,26 +183,30 @@ class Subscription(MessageContext):
                 cond.notify_all()
 
     def _wake(self) -> None:
-        """Called once per read batch; wakes a consumer blocked in wait()."""
+        """Called once per read batch; wakes the consumers blocked in wait()."""
         self._touched = False
-        if self._waiting or self._closed:
+        if self._waiters or self._closed:
             self._notify()
 
     # --- consumer side -----------------------------------------------------------------------
 
     def _pop(self, timeout: Optional[float]) -> Optional[Message]:
-        """The next message, None when closed and empty; raise TimeoutError on timeout."""
+        """The next message, None when stopped, or closed and empty; raise TimeoutError on
+        timeout."""
         q = self._queue
-        try:
-            return q.popleft()
-        except IndexError:
-            pass
+        if not self._stopped:
+            try:
+                return q.popleft()
+            except IndexError:
+                pass
         deadline = None if timeout is None else time.monotonic() + timeout
         cond = self._get_cond()
         with cond:
-            while True:
-                self._waiting = True
-                try:
+            self._waiters += 1  # before looking at the queue: the reader then wakes us
+            try:
+                while True:
+                    if self._stopped:
+                        return None
                     if q:
                         return q.popleft()
                     if self._closed or self._error is not None:
@@ -198,8 +218,8 @@ class Subscription(MessageContext):
                         if left <= 0:
                             raise TimeoutError(f"no message on {self.subject!r} within {timeout} s")
                         cond.wait(left)
-                finally:
-                    self._waiting = False
+            finally:
+                self._waiters -= 1
 
     def _take(self, msg: Message) -> bool:
         """Account for a popped message; decode it first when that can fail. False when it
@@ -223,8 +243,10 @@ class Subscription(MessageContext):
     def next_msg(self, timeout: Optional[float] = 1.0) -> Message:
         """The next message, waiting up to ``timeout`` seconds (None: forever).
 
-        Raises :class:`~telestion_sync.TimeoutError` when nothing arrived in time, and
-        ``SubscriptionClosedError`` once the subscription ended and its queue is empty. A message
+        Raises :class:`~telestion_sync.TimeoutError` when nothing arrived in time,
+        ``SubscriptionClosedError`` once the subscription ended and its queue is empty (at once
+        after ``unsubscribe()``), and ``ConnectionClosedError`` once the bus closed. Several
+        threads may wait on one subscription; each message goes to one of them. A message
         whose payload does not decode is reported to the error handler and skipped.
         """
         if self._callback is not None:
@@ -242,42 +264,57 @@ class Subscription(MessageContext):
                 return msg
 
     def __iter__(self) -> Iterator[Message]:
-        """Yield messages until the subscription ends (unsubscribe, drain, limit, close)."""
+        """Yield messages until the subscription ends (unsubscribe, drain, limit) or the bus
+        closes; a failure such as a denied subscription is raised."""
         while True:
             try:
                 yield self.next_msg(timeout=None)
-            except SubscriptionClosedError:
+            except (SubscriptionClosedError, ConnectionClosedError):
                 return
 
     def _run(self) -> None:
         callback = self._callback
         assert callback is not None
         bus = self._bus
+        lock = self._deliver_lock
         while True:
-            msg = self._pop(None)
-            if msg is None:
-                break
-            if not self._take(msg):
-                continue
-            try:
-                callback(msg)
-            except Exception as exc:  # a failing callback must not end the subscription
-                log.debug("callback for %r raised", self.subject, exc_info=True)
-                err = Error(f"callback for subscription {self.subject!r} raised {exc!r}")
-                err.__cause__ = exc
-                bus._report_error(err)
+            with lock:  # from taking the message until the callback returned (unsubscribe)
+                msg = self._pop(None)
+                if msg is None:
+                    break
+                if not self._take(msg):
+                    continue
+                try:
+                    callback(msg)
+                except Exception as exc:  # a failing callback must not end the subscription
+                    log.debug("callback for %r raised", self.subject, exc_info=True)
+                    err = Error(f"callback for subscription {self.subject!r} raised {exc!r}")
+                    err.__cause__ = exc
+                    bus._report_error(err)
         self._finish()
 
     # --- ending ------------------------------------------------------------------------------
 
     def unsubscribe(self) -> None:
-        """Stop receiving now; messages still pending are discarded."""
-        if self._closed and not self._queue:
-            self._finish()
-            return
-        self._bus._unsubscribe(self)
-        self._queue.clear()
-        self._close()
+        """Stop receiving now; messages still pending are discarded.
+
+        Once it returns, the subscription hands out nothing more: ``next_msg`` raises, and a
+        callback running on another thread has returned (called from inside its own
+        callback, it returns at once and no further call follows). nats.go only promises
+        that no new message is queued; a callback could still start after its Unsubscribe.
+        """
+        if not (self._closed and not self._queue):
+            self._bus._unsubscribe(self)
+        self._stop()
+
+    def _stop(self, error: Optional[BaseException] = None, wait: Optional[float] = None) -> None:
+        """Hand out nothing more; wait (up to ``wait`` seconds, None: as long as it takes) for
+        a callback running on another thread to return."""
+        self._stopped = True
+        self._discard(error)
+        if self._callback is not None and self._thread is not threading.current_thread():
+            if self._deliver_lock.acquire(timeout=-1 if wait is None else wait):
+                self._deliver_lock.release()
 
     def auto_unsubscribe(self, max_msgs: int) -> None:
         """End the subscription after ``max_msgs`` messages in total have been delivered
@@ -319,6 +356,8 @@ class Subscription(MessageContext):
         """End now: what is pending is dropped (close, a drain that timed out, the limit)."""
         self._queue.clear()
         self._close(error)
+        if self._callback is None:
+            self._finish()
 
     def _finish(self) -> None:
         self._finished = True

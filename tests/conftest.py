@@ -104,7 +104,7 @@ class ErrorLog:
 
     def __call__(self, err: BaseException) -> None:
         with self._cond:
-            self.errors.append(err)
+            self.errors += [err] * getattr(err, "repeated", 1)  # identical ones come coalesced
             self._cond.notify_all()
 
     def wait(self, kind: type, timeout: float = 5.0) -> BaseException:

@@ -6,7 +6,7 @@ link or a hung middlebox looks like to a client); ``cut()`` closes every connect
 
 from __future__ import annotations
 
-import selectors
+import select
 import socket
 import threading
 from typing import List, Tuple
@@ -24,7 +24,9 @@ class TCPProxy:
         self._listener.settimeout(0.1)
         self._pairs: List[Tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
-        self._stalled = threading.Event()
+        self._forwarding = threading.Lock()  # held while a chunk is moved
+        self._stalled_up = threading.Event()  # client -> server
+        self._stalled_down = threading.Event()  # server -> client
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
         self.accepted = 0
@@ -55,36 +57,48 @@ class TCPProxy:
             self._threads.append(t)
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(a, selectors.EVENT_READ, b)
-        sel.register(b, selectors.EVENT_READ, a)
+        """Forward between the client side ``a`` and the server side ``b``; a stalled
+        direction is not read from, so its bytes wait (and the sender's buffers fill up)."""
+        peer = {a: b, b: a}
         try:
             while not self._stop.is_set():
-                if self._stalled.is_set():
+                flags = ((a, self._stalled_up), (b, self._stalled_down))
+                sources = [s for s, stalled in flags if not stalled.is_set()]
+                if not sources:
                     self._stop.wait(0.05)  # hold the bytes: nothing flows while stalled
                     continue
-                for key, _ in sel.select(timeout=0.05):
-                    src: socket.socket = key.fileobj  # type: ignore[assignment]
-                    data = src.recv(65536)
-                    if not data:
-                        return
-                    key.data.sendall(data)
+                readable, _, _ = select.select(sources, [], [], 0.05)
+                for src in readable:
+                    with self._forwarding:  # so that stall() returns only once nothing moves
+                        if (self._stalled_up if src is a else self._stalled_down).is_set():
+                            continue
+                        data = src.recv(65536)
+                        if not data:
+                            return
+                        peer[src].sendall(data)
         except OSError:
             return
         finally:
-            sel.close()
             for s in (a, b):
                 try:
                     s.close()
                 except OSError:
                     pass
 
-    def stall(self) -> None:
-        """Stop forwarding in both directions; connections stay open."""
-        self._stalled.set()
+    def stall(self, direction: str = "both") -> None:
+        """Stop forwarding; connections stay open. ``direction``: ``"both"``, ``"up"`` (client
+        to server only) or ``"down"`` (server to client only)."""
+        if direction not in ("both", "up", "down"):
+            raise ValueError(f"direction must be 'both', 'up' or 'down', not {direction!r}")
+        with self._forwarding:  # a chunk being forwarded now arrives; none after this returns
+            if direction in ("both", "up"):
+                self._stalled_up.set()
+            if direction in ("both", "down"):
+                self._stalled_down.set()
 
     def resume(self) -> None:
-        self._stalled.clear()
+        self._stalled_up.clear()
+        self._stalled_down.clear()
 
     def cut(self) -> None:
         """Close every proxied connection now."""

@@ -289,14 +289,19 @@ def test_health_lists_services(server: NatsServer, tmp_path: Any) -> None:
         )
         for name in ("alpha", "beta")
     ]
+    # The Telestion Deno library answers the health check with its name only: no error count.
+    deno = ts.connect(server.url)
+    deno.reply("__telestion__.health", lambda msg: {"name": "gamma"})
+    deno.flush()
     try:
         # A generous scatter window: a fresh subprocess on a slow machine must not miss a reply.
         proc = run("health", "--timeout", "2", url=server.url)
         assert proc.returncode == 0, proc.stderr
         lines = proc.stdout.splitlines()
         assert lines[0].split() == ["SERVICE", "ERRORS"]
-        assert [line.split() for line in lines[2:]] == [["alpha", "0"], ["beta", "0"]]
+        assert [line.split() for line in lines[2:]] == [["alpha", "0"], ["beta", "0"], ["gamma", "-"]]
     finally:
+        deno.close()
         for s in services:
             s.close()
     proc = run("health", url=server.url)
