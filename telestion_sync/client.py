@@ -414,7 +414,8 @@ class MessageBus(Handler):
                 else:
                     conn.send_now()  # over the high-water mark: send it ourselves
                 return
-        check_publish(reply, headers, codec)  # off the fast path, which takes none of these
+        if reply is not None or headers is not None or codec is not None:
+            check_publish(reply, headers, codec)  # off the fast path, which takes none of these
         rb = None if reply is None else validate_subject(reply, wildcards=False)
         self._publish(subject, data, rb, headers, codec, False)
 

@@ -44,6 +44,8 @@ from .connection import (
 from .errors import BadSubjectError, ConfigError
 from .protocol import validate_queue, validate_subject
 
+_INF = math.inf
+
 #: What a negative pending limit ("unlimited") becomes in a subscription: no queue reaches it,
 #: so the per-message limit check stays one plain comparison.
 UNLIMITED = sys.maxsize
@@ -97,6 +99,9 @@ def check_seconds(
     name: str, value: Any, *, zero: bool = False, none: bool = False, errors: _Errors = CONFIG
 ) -> Optional[float]:
     """A finite number of seconds, > 0 (>= 0 with ``zero``); None passes with ``none``."""
+    t = type(value)
+    if (t is float or t is int) and (0.0 < value < _INF or (zero and value == 0)):
+        return float(value)  # the common case, cheaply (NaN fails both comparisons)
     if value is None and none:
         return None
     if not is_number(value):
