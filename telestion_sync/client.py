@@ -54,6 +54,15 @@ from .message import (
     MessageContext,
     make_message,
 )
+from .options import (
+    ConnectOptions,
+    check_callback,
+    check_max_msgs,
+    check_publish,
+    check_request,
+    check_subscribe,
+    check_timeout,
+)
 from .protocol import (
     CRLF,
     LARGE_PAYLOAD,
@@ -221,6 +230,11 @@ class MessageBus(Handler):
         retry_on_failed_connect: bool = False,
         ignore_auth_error_abort: bool = False,
     ) -> None:
+        # Every option checked first, so a bad one fails before anything is opened (ConfigError).
+        options = self._options = ConnectOptions.from_locals(locals())
+        nkey_seed, creds = options.nkey_seed, options.creds  # os.PathLike/bytes given as str
+        tls_ca_file, tls_cert_file = options.tls_ca_file, options.tls_cert_file
+        tls_key_file = options.tls_key_file
         self._servers = parse_servers(servers)
         validate_subject(inbox_prefix, wildcards=False)
         self._default_codec = _codecs.get_codec(default_codec, _codecs.JSON)
@@ -403,6 +417,7 @@ class MessageBus(Handler):
 
         Callbacks still busy after ``timeout`` seconds are reported to the error handler as a
         :class:`TimeoutError` and get nothing more."""
+        check_timeout("timeout", timeout)
         deadline = time.monotonic() + timeout
         subs = list(self._subs.values())
         try:
@@ -471,6 +486,8 @@ class MessageBus(Handler):
                 else:
                     conn.send_now()  # over the high-water mark: send it ourselves
                 return
+        if reply is not None or headers is not None or codec is not None:
+            check_publish(reply, headers, codec)  # off the fast path, which takes none of these
         rb = None if reply is None else validate_subject(reply, wildcards=False)
         self._publish(subject, data, rb, headers, codec, False)
 
@@ -526,11 +543,13 @@ class MessageBus(Handler):
 
     def flush(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Send what is buffered and wait until the server has processed it (PING/PONG)."""
+        check_timeout("timeout", timeout)
         self._check_open()
         self._conn.ping(timeout)
 
     def rtt(self, timeout: float = DEFAULT_TIMEOUT) -> float:
         """The round-trip time to the server in seconds."""
+        check_timeout("timeout", timeout)
         start = time.perf_counter()
         self.flush(timeout)
         return time.perf_counter() - start
@@ -559,7 +578,11 @@ class MessageBus(Handler):
         thread; without one, pull messages with ``next_msg(timeout)`` or iterate. ``queue``
         joins a queue group (one member gets each message). ``codec`` decodes ``msg.data``;
         ``schema`` (any callable) validates or converts it. ``max_msgs`` auto-unsubscribes.
+        ``pending_msgs_limit``/``pending_bytes_limit``: negative for unlimited (0 is an error).
         """
+        check_subscribe(
+            subject, callback, queue, codec, schema, max_msgs, pending_msgs_limit, pending_bytes_limit
+        )
         self._check_open()
         sb = validate_subject(subject, wildcards=True)
         qb = validate_queue(queue) if queue is not None else None
@@ -650,6 +673,7 @@ class MessageBus(Handler):
         :class:`TimeoutError` after ``timeout`` seconds, and :class:`ServiceError` when the
         responder answered with NATS micro error headers.
         """
+        check_request(subject, timeout, headers, codec)
         self._check_open()
         if self._resp_sid < 0:
             self._ensure_resp_sub()
@@ -709,6 +733,8 @@ class MessageBus(Handler):
     ) -> List[Message]:
         """Scatter-gather: send one request, collect every reply until ``timeout`` seconds
         have passed or ``max_msgs`` replies arrived. No responders gives an empty list."""
+        check_request(subject, timeout, headers, codec)
+        check_max_msgs("max_msgs", max_msgs)
         inbox = self.new_inbox()
         sub = self.subscribe(inbox)
         deadline = time.monotonic() + timeout
@@ -751,6 +777,7 @@ class MessageBus(Handler):
         decode or to pass ``schema`` is answered with code 400 and reported to the error handler.
         A handler that called ``msg.respond()`` itself is not answered twice.
         """
+        check_callback("handler", handler, optional=False)  # wrapped below: subscribe sees serve
         c = _codecs.get_codec(codec)
 
         def serve(msg: Message) -> None:

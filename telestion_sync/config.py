@@ -14,6 +14,7 @@ import sys
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 from .errors import ConfigError
+from .options import check_argv, check_mapping
 
 REQUIRED_KEYS = ("NATS_URL", "SERVICE_NAME", "DATA_DIR")
 _SECRET_KEYS = ("NATS_PASSWORD",)
@@ -109,6 +110,9 @@ def load_config(
     :class:`ConfigError` naming every missing required key (and suggesting ``--dev``), or naming
     the config file and key that could not be used.
     """
+    check_argv("argv", argv)
+    check_mapping("env", env)
+    check_mapping("overrides", overrides)
     cli = parse_args(sys.argv[1:] if argv is None else argv)
     environ = dict(os.environ if env is None else env)
     extra = dict(overrides or {})

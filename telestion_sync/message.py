@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 from . import codecs as _codecs
 from .errors import DecodeError
+from .options import check_publish
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import MessageBus
@@ -126,6 +127,8 @@ class Message:
         headers: Optional[Mapping[str, Any]] = None,
     ) -> None:
         """Publish ``data`` to this message's reply subject (answer a request)."""
+        if headers is not None or codec is not None:
+            check_publish(None, headers, codec)
         if not self.reply:
             raise ValueError(f"message on {self.subject!r} has no reply subject to respond to")
         bus = self._ctx._bus

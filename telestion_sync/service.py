@@ -25,6 +25,19 @@ from .client import MessageBus, connect, log_error
 from .config import Config, load_config
 from .errors import ConfigError, Error
 from .message import Message
+from .options import (
+    CALL,
+    ConnectOptions,
+    check_argv,
+    check_bool,
+    check_callback,
+    check_mapping,
+    check_max_msgs,
+    check_path,
+    check_queue,
+    check_subject,
+    check_timeout,
+)
 from .subscription import Subscription
 
 log = logging.getLogger("telestion_sync.service")
@@ -149,6 +162,13 @@ def _check_version(version: str) -> None:
         )
 
 
+def _check_service_args(description: Any, version: Any) -> None:
+    """``description`` (a str) and ``version`` (SemVer) of a service: ConfigError otherwise."""
+    if not isinstance(description, str):
+        raise ConfigError(f"description must be a str, not {type(description).__name__}")
+    _check_version(version)
+
+
 def _endpoint_name(name: Optional[str], subject: str) -> str:
     """The endpoint's micro name: ``name`` when valid, by default derived from ``subject``."""
     if name is None:
@@ -179,7 +199,9 @@ class Service:
         version: str = "0.0.0",
         data_dir: Optional[Path] = None,
     ) -> None:
-        _check_version(version)
+        _check_service_args(description, version)
+        check_mapping("config", config)
+        check_path("data_dir", data_dir)
         self.config = config
         self.service_name: str = str(config["SERVICE_NAME"])
         # start_service made it already (before connecting); made here when built directly
@@ -275,6 +297,9 @@ class Service:
         ``name`` is the endpoint's name in NATS micro discovery: letters, digits, ``-`` and ``_``
         (:class:`ConfigError` otherwise); by default the subject with other characters as ``_``.
         """
+        check_subject("subject", subject, wildcards=True)
+        check_callback("handler", handler, optional=False)  # wrapped below: reply() sees timed
+        check_queue(queue)  # "" is an error, not "the service's group"
         stats_name = _endpoint_name(name, subject)
         group = queue or self.service_name
         stats = _EndpointStats(stats_name, subject, group)
@@ -315,6 +340,7 @@ class Service:
 
     def close(self, drain: bool = False) -> None:
         """Close the bus (after delivering what is pending when ``drain``); idempotent."""
+        check_bool("drain", drain, CALL)
         if self._closed:
             return
         self._closed = True
@@ -358,7 +384,13 @@ def start_service(
     arguments go to :func:`connect` (e.g. ``connect_timeout``, ``on_error``). ``version`` must be
     a semantic version (``1.2.3``; NATS micro discovery reports it), else :class:`ConfigError`.
     """
-    _check_version(version)  # a programming error: fails before reading config or connecting
+    # Programming errors: they fail before reading config, making DATA_DIR or connecting.
+    _check_service_args(description, version)
+    check_bool("nats", nats)
+    check_argv("argv", argv)
+    check_mapping("env", env)
+    check_mapping("overrides", overrides)
+    ConnectOptions.from_kwargs("start_service()", "nats://127.0.0.1:4222", connect_options)
     config = load_config(argv, env, overrides)
     data_dir = make_data_dir(config)  # a bad DATA_DIR fails before connecting, not hidden by a dead server
     errors = _ErrorWindow(connect_options.pop("on_error", None))
@@ -391,6 +423,10 @@ def discover_services(
     With ``max_services``, stop waiting once that many replies arrived: when you know how many
     instances to expect, a generous ``timeout`` then costs nothing unless one is missing.
     """
+    if not isinstance(bus, MessageBus):
+        raise TypeError(f"bus must be a MessageBus, not {type(bus).__name__}")
+    check_timeout("timeout", timeout)
+    check_max_msgs("max_services", max_services)
     found = []
     for msg in bus.request_many(HEALTH_SUBJECTS[0], timeout=timeout, max_msgs=max_services):
         try:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Iterator, List, Optional
 from . import codecs as _codecs
 from .errors import ConnectionClosedError, DecodeError, Error, SlowConsumerError, TimeoutError
 from .message import Message, MessageContext
+from .options import CALL, check_max_msgs, check_seconds, check_wait, effective_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import MessageBus
@@ -61,6 +62,9 @@ class Subscription(MessageContext):
         pending_msgs_limit: int,
         pending_bytes_limit: int,
     ) -> None:
+        # Negative (unlimited) becomes a limit no queue reaches: _enqueue's check is unchanged.
+        pending_msgs_limit = effective_limit(pending_msgs_limit)
+        pending_bytes_limit = effective_limit(pending_bytes_limit)
         self._bus = bus
         self.sid = sid
         self.subject = subject
@@ -249,6 +253,7 @@ class Subscription(MessageContext):
         threads may wait on one subscription; each message goes to one of them. A message
         whose payload does not decode is reported to the error handler and skipped.
         """
+        check_wait(timeout)
         if self._callback is not None:
             raise TypeError("next_msg() is for subscriptions without a callback")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -319,6 +324,7 @@ class Subscription(MessageContext):
     def auto_unsubscribe(self, max_msgs: int) -> None:
         """End the subscription after ``max_msgs`` messages in total have been delivered
         (those delivered so far count; pending ones within the limit are still delivered)."""
+        check_max_msgs("max_msgs", max_msgs, none=False)
         if max_msgs <= 0:
             raise ValueError("max_msgs must be positive")
         self._max = max_msgs
@@ -336,6 +342,7 @@ class Subscription(MessageContext):
         Blocks until a callback subscription has processed everything pending (a pull
         subscription keeps its queue for ``next_msg`` and returns at once).
         """
+        check_seconds("timeout", timeout, none=True, errors=CALL)
         if not self._closed:
             self._bus._drain_sub(self, timeout)
             self._close()
