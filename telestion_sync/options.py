@@ -39,6 +39,7 @@ from .connection import (
     DEFAULT_RECONNECT_BUF_SIZE,
     DEFAULT_RECONNECT_JITTER,
     DEFAULT_RECONNECT_TIME_WAIT,
+    DEFAULT_WRITE_TIMEOUT,
     parse_servers,
 )
 from .errors import BadSubjectError, ConfigError
@@ -328,6 +329,7 @@ class ConnectOptions:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     ping_interval: float = DEFAULT_PING_INTERVAL
     max_outstanding_pings: int = DEFAULT_MAX_OUTSTANDING_PINGS
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
     echo: bool = True
     inbox_prefix: str = "_INBOX"
     default_codec: _codecs.CodecSpec = "json"
@@ -363,7 +365,7 @@ class ConnectOptions:
         check_str("tls_hostname", self.tls_hostname)
         for key in _BOOLS:
             check_bool(key, getattr(self, key))
-        for key in ("connect_timeout", "ping_interval"):
+        for key in ("connect_timeout", "ping_interval", "write_timeout"):
             check_seconds(key, getattr(self, key))
         for key in ("reconnect_time_wait", "reconnect_jitter"):
             check_seconds(key, getattr(self, key), zero=True)
