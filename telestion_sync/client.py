@@ -37,6 +37,7 @@ from .connection import (
     State,
     parse_servers,
 )
+from .dispatch import Dispatcher
 from .errors import (
     ConnectionClosedError,
     Error,
@@ -279,6 +280,7 @@ class MessageBus(Handler):
         )
         self.name = name
         self._subs: Dict[int, Subscription] = {}
+        self._dispatcher = Dispatcher()
         self._sids = itertools.count(1)
         self._pub_subjects = SubjectCache(_SUBJECT_CACHE_SIZE)
         self._pub_hot = self._pub_subjects.young  # the publish fast path's lookup
@@ -406,6 +408,7 @@ class MessageBus(Handler):
         deadline = time.monotonic() + 2.0  # for a callback that is running now to return
         for sub in subs:
             sub._join(max(0.0, deadline - time.monotonic()))
+        self._dispatcher.close(max(0.0, deadline - time.monotonic()))
         self._status_q.put((self._tell_listeners, (State.CLOSED,)))
         self._status_q.put(None)
         t = self._status_thread
@@ -430,7 +433,7 @@ class MessageBus(Handler):
                 sub._close()
             late = []
             for sub in subs:
-                if sub._callback is None or sub._thread is threading.current_thread():
+                if sub._callback is None or sub._in_callback():
                     continue
                 if not sub.wait_finished(max(0.0, deadline - time.monotonic())):
                     late.append(sub)
@@ -545,7 +548,24 @@ class MessageBus(Handler):
         """Send what is buffered and wait until the server has processed it (PING/PONG)."""
         check_timeout("timeout", timeout)
         self._check_open()
-        self._conn.ping(timeout)
+        blocked = self._dispatcher.block()  # from a callback: other callbacks go on meanwhile
+        try:
+            self._conn.ping(timeout)
+        finally:
+            if blocked:
+                self._dispatcher.unblock()
+
+    def _wait(self, lock: threading.Lock, deadline: float) -> bool:
+        """Acquire ``lock`` by ``deadline``; on a delivery thread, other callbacks go on
+        meanwhile (so callbacks that request from responders on this bus never deadlock)."""
+        if lock.acquire(False):
+            return True
+        blocked = self._dispatcher.block()
+        try:
+            return lock.acquire(True, max(0.0, deadline - time.monotonic()))
+        finally:
+            if blocked:
+                self._dispatcher.unblock()
 
     def rtt(self, timeout: float = DEFAULT_TIMEOUT) -> float:
         """The round-trip time to the server in seconds."""
@@ -571,17 +591,29 @@ class MessageBus(Handler):
         max_msgs: Optional[int] = None,
         pending_msgs_limit: Optional[int] = None,
         pending_bytes_limit: Optional[int] = None,
+        own_thread: bool = False,
     ) -> Subscription:
         """Receive messages on ``subject`` (``*`` and ``>`` wildcards allowed).
 
-        With ``callback`` each message is passed to it, in order, on the subscription's own
-        thread; without one, pull messages with ``next_msg(timeout)`` or iterate. ``queue``
+        With ``callback`` each message is passed to it, in order and never concurrently, on
+        the bus's delivery threads (a shared pool that grows while callbacks block and shrinks
+        when idle); ``own_thread=True`` gives the subscription a thread of its own instead
+        (for a callback that blocks for long). Without a callback, pull messages with
+        ``next_msg(timeout)`` or iterate. ``queue``
         joins a queue group (one member gets each message). ``codec`` decodes ``msg.data``;
         ``schema`` (any callable) validates or converts it. ``max_msgs`` auto-unsubscribes.
         ``pending_msgs_limit``/``pending_bytes_limit``: negative for unlimited (0 is an error).
         """
         check_subscribe(
-            subject, callback, queue, codec, schema, max_msgs, pending_msgs_limit, pending_bytes_limit
+            subject,
+            callback,
+            queue,
+            codec,
+            schema,
+            max_msgs,
+            pending_msgs_limit,
+            pending_bytes_limit,
+            own_thread,
         )
         self._check_open()
         sb = validate_subject(subject, wildcards=True)
@@ -598,6 +630,8 @@ class MessageBus(Handler):
             schema,
             pending_msgs_limit or self._pending_msgs_limit,
             pending_bytes_limit or self._pending_bytes_limit,
+            self._dispatcher,
+            own_thread,
         )
         sub._sub_frame = encode_sub(sb, sid, qb)
         self._subs[sid] = sub
@@ -687,7 +721,7 @@ class MessageBus(Handler):
         self._resp_map[token] = slot
         try:
             self._publish(subject, data, self._resp_prefix + token, headers, codec, True)
-            if not lock.acquire(True, max(0.0, deadline - time.monotonic())):
+            if not self._wait(lock, deadline):
                 raise TimeoutError(f"no reply to request on {subject!r} within {timeout} s")
         finally:
             self._resp_map.pop(token, None)
@@ -1030,7 +1064,7 @@ class MessageBus(Handler):
         for sub in list(self._subs.values()):  # a copy: other threads (un)subscribe meanwhile
             if sub._thread is not None and sub._thread.is_alive():
                 found.append(sub._thread)
-        return found
+        return found + self._dispatcher.threads
 
     def __repr__(self) -> str:
         if self._closed:

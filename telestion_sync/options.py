@@ -456,6 +456,7 @@ def check_subscribe(
     max_msgs: Any,
     pending_msgs_limit: Any,
     pending_bytes_limit: Any,
+    own_thread: Any = False,
 ) -> None:
     """Every argument of ``subscribe()``, before anything is created or sent."""
     check_subject("subject", subject, wildcards=True)
@@ -468,6 +469,7 @@ def check_subscribe(
         check_pending_limit("pending_msgs_limit", pending_msgs_limit, CALL)
     if pending_bytes_limit is not None:
         check_pending_limit("pending_bytes_limit", pending_bytes_limit, CALL)
+    check_bool("own_thread", own_thread, CALL)
 
 
 def check_publish(reply: Any, headers: Any, codec: Any) -> None:

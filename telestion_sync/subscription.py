@@ -1,13 +1,15 @@
-"""Subscriptions: a bounded pending queue each, drained by a callback thread or by ``next_msg``.
+"""Subscriptions: a bounded pending queue each, drained by callbacks or by ``next_msg``.
 
 The socket reader only appends to a subscription's queue (and drops, counts and reports when the
-queue is full), so a slow callback never stalls reading. A callback subscription delivers in
-order on a thread of its own; one without a callback is pulled with ``next_msg(timeout)`` or
-iteration.
+queue is full), so a slow callback never stalls reading. A callback subscription is delivered in
+order by the bus's dispatcher (a shared, self-sizing set of threads, see ``dispatch.py``) or, when
+asked for, on a thread of its own; one without a callback is pulled with ``next_msg(timeout)`` or
+iteration, by any number of threads.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -15,6 +17,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Iterator, List, Optional
 
 from . import codecs as _codecs
+from .dispatch import Dispatcher
 from .errors import ConnectionClosedError, DecodeError, Error, SlowConsumerError, TimeoutError
 from .message import Message, MessageContext
 from .options import CALL, check_max_msgs, check_seconds, check_wait, effective_limit
@@ -61,6 +64,8 @@ class Subscription(MessageContext):
         schema: Optional[Callable[[Any], Any]],
         pending_msgs_limit: int,
         pending_bytes_limit: int,
+        dispatcher: Optional[Dispatcher] = None,
+        own_thread: bool = False,
     ) -> None:
         # Negative (unlimited) becomes a limit no queue reaches: _enqueue's check is unchanged.
         pending_msgs_limit = effective_limit(pending_msgs_limit)
@@ -101,13 +106,22 @@ class Subscription(MessageContext):
         # Held while a callback runs, so unsubscribe() from another thread can wait for it.
         self._deliver_lock = threading.Lock()
         self._error: Optional[BaseException] = None  # why it failed, raised by next_msg
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[threading.Thread] = None  # a callback's own thread, if asked for
+        # Pooled callbacks: the dispatcher, whether the sub is on its run queue or being
+        # delivered (under the dispatcher's lock), and the thread delivering it now.
+        self._pool = dispatcher if callback is not None and not own_thread else None
+        self._dispatcher = dispatcher  # told when a delivery thread blocks in next_msg()
+        self._scheduled = False
+        self._deliverer: Optional[threading.Thread] = None
+        # Callbacks run in the context of the thread that subscribed (contextvars): in a
+        # notebook, what a callback prints lands under the cell that subscribed.
+        self._context = contextvars.copy_context()
         self._finished = False  # closed and everything pending delivered (under _cond)
         # Decoding happens before delivery when it can fail, so a bad payload never reaches a
         # callback; otherwise it is left to the first access of ``msg.data``.
         self._eager = schema is not None or codec is not _codecs.AUTO and codec is not _codecs.RAW
         self.on_decode_error: Optional[Callable[[Message, DecodeError], None]] = None
-        if callback is not None:
+        if callback is not None and self._pool is None:
             self._get_cond()
             self._thread = threading.Thread(
                 target=self._run, name=f"telestion_sync-sub-{sid}-{subject}", daemon=True
@@ -187,9 +201,13 @@ class Subscription(MessageContext):
                 cond.notify_all()
 
     def _wake(self) -> None:
-        """Called once per read batch; wakes the consumers blocked in wait()."""
+        """Called once per read batch: schedules a pooled callback, or wakes the consumers
+        blocked in wait()."""
         self._touched = False
-        if self._waiters or self._closed:
+        pool = self._pool
+        if pool is not None:
+            pool.schedule(self)
+        elif self._waiters or self._closed:
             self._notify()
 
     # --- consumer side -----------------------------------------------------------------------
@@ -205,6 +223,8 @@ class Subscription(MessageContext):
                 pass
         deadline = None if timeout is None else time.monotonic() + timeout
         cond = self._get_cond()
+        pool = self._dispatcher
+        blocked = pool is not None and pool.block()  # a callback pulling: others take over
         with cond:
             self._waiters += 1  # before looking at the queue: the reader then wakes us
             try:
@@ -224,6 +244,8 @@ class Subscription(MessageContext):
                         cond.wait(left)
             finally:
                 self._waiters -= 1
+                if blocked:
+                    pool.unblock()  # type: ignore[union-attr]
 
     def _take(self, msg: Message) -> bool:
         """Account for a popped message; decode it first when that can fail. False when it
@@ -277,26 +299,58 @@ class Subscription(MessageContext):
             except (SubscriptionClosedError, ConnectionClosedError):
                 return
 
+    def _call(self, msg: Message) -> None:
+        """Run the callback for one message (in the subscriber's context); its exceptions go
+        to the error handler, never ending the subscription."""
+        try:
+            self._context.run(self._callback, msg)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.debug("callback for %r raised", self.subject, exc_info=True)
+            err = Error(f"callback for subscription {self.subject!r} raised {exc!r}")
+            err.__cause__ = exc
+            self._bus._report_error(err)
+
+    def _deliver_batch(self, budget: int) -> None:
+        """Deliver up to ``budget`` queued messages on a dispatcher worker. The deliver lock
+        is held throughout, so unsubscribe() on another thread waits for the callback in
+        progress; once the subscription ended and nothing is left, it is marked finished."""
+        q = self._queue
+        with self._deliver_lock:
+            self._deliverer = threading.current_thread()
+            try:
+                for _ in range(budget):
+                    if self._stopped or not q:
+                        break
+                    msg = q.popleft()
+                    if self._take(msg):
+                        self._call(msg)
+            finally:
+                self._deliverer = None
+            if (self._closed and not q) or self._stopped:
+                self._finish()
+
+    def _has_work(self) -> bool:
+        """Messages to deliver, or an end not yet marked (asked by the dispatcher)."""
+        if self._stopped:
+            return not self._finished
+        return bool(self._queue) or (self._closed and not self._finished)
+
     def _run(self) -> None:
-        callback = self._callback
-        assert callback is not None
-        bus = self._bus
+        """A callback's own thread (``own_thread=True``): deliver until the end."""
         lock = self._deliver_lock
+        self._deliverer = threading.current_thread()
         while True:
             with lock:  # from taking the message until the callback returned (unsubscribe)
                 msg = self._pop(None)
                 if msg is None:
                     break
-                if not self._take(msg):
-                    continue
-                try:
-                    callback(msg)
-                except Exception as exc:  # a failing callback must not end the subscription
-                    log.debug("callback for %r raised", self.subject, exc_info=True)
-                    err = Error(f"callback for subscription {self.subject!r} raised {exc!r}")
-                    err.__cause__ = exc
-                    bus._report_error(err)
+                if self._take(msg):
+                    self._call(msg)
         self._finish()
+
+    def _in_callback(self) -> bool:
+        """True when called from inside this subscription's own callback."""
+        return self._deliverer is threading.current_thread()
 
     # --- ending ------------------------------------------------------------------------------
 
@@ -317,9 +371,11 @@ class Subscription(MessageContext):
         a callback running on another thread to return."""
         self._stopped = True
         self._discard(error)
-        if self._callback is not None and self._thread is not threading.current_thread():
+        if self._callback is not None and not self._in_callback():
             if self._deliver_lock.acquire(timeout=-1 if wait is None else wait):
                 self._deliver_lock.release()
+                if self._pool is not None:
+                    self._finish()  # no callback runs now, and none will
 
     def auto_unsubscribe(self, max_msgs: int) -> None:
         """End the subscription after ``max_msgs`` messages in total have been delivered
@@ -346,7 +402,7 @@ class Subscription(MessageContext):
         if not self._closed:
             self._bus._drain_sub(self, timeout)
             self._close()
-        if self._callback is not None and self._thread is not threading.current_thread():
+        if self._callback is not None and not self._in_callback():
             if not self.wait_finished(timeout):
                 raise TimeoutError(f"draining {self.subject!r} did not finish within {timeout} s")
 
@@ -356,7 +412,9 @@ class Subscription(MessageContext):
             self._error = error
         self._closed = True
         self._notify()
-        if self._callback is None and not self._queue:
+        if self._pool is not None:
+            self._pool.schedule(self)  # a worker delivers the rest, then marks it finished
+        elif self._callback is None and not self._queue:
             self._finish()
 
     def _discard(self, error: Optional[BaseException] = None) -> None:
@@ -377,9 +435,13 @@ class Subscription(MessageContext):
             return cond.wait_for(lambda: self._finished, timeout)
 
     def _join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a callback running now (and an own thread)."""
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
+        elif self._pool is not None and not self._in_callback():
+            if self._deliver_lock.acquire(timeout=timeout):
+                self._deliver_lock.release()
 
     def __repr__(self) -> str:
         q = f" queue={self.queue!r}" if self.queue else ""

@@ -54,7 +54,7 @@ def test_publish_json_bytes_and_cbor_reach_a_callback(bus: ts.MessageBus) -> Non
     assert meta.data == {"img": b"\x89PNG"}
 
 
-def test_callbacks_run_in_order_on_the_subscriptions_own_thread(bus: ts.MessageBus) -> None:
+def test_callbacks_run_in_order_on_delivery_threads_never_the_reader(bus: ts.MessageBus) -> None:
     threads = set()
     cb = collect(2000)
 
@@ -68,9 +68,27 @@ def test_callbacks_run_in_order_on_the_subscriptions_own_thread(bus: ts.MessageB
         bus.publish("order", str(i).encode())
     assert cb.done.wait(10)
     assert [int(m.payload) for m in cb.got] == list(range(2000))
-    assert len(threads) == 1
+    assert threads and all(name.startswith("telestion_sync-deliver-") for name in threads)
+
+
+def test_own_thread_subscription_delivers_on_its_own_thread(bus: ts.MessageBus) -> None:
+    threads = set()
+    cb = collect(500)
+
+    def record(msg: ts.Message) -> None:
+        threads.add(threading.current_thread().name)
+        cb(msg)
+
+    sub = bus.subscribe("mine", record, own_thread=True)
+    bus.flush()
+    for i in range(500):
+        bus.publish("mine", str(i).encode())
+    assert cb.done.wait(10)
+    assert [int(m.payload) for m in cb.got] == list(range(500))
     (name,) = threads
-    assert name.startswith("telestion_sync-sub-") and "reader" not in name
+    assert name.startswith("telestion_sync-sub-") and sub._thread is not None and sub._thread.name == name
+    sub.unsubscribe()
+    join_all([sub._thread])
 
 
 def test_wildcards_match_tokens(bus: ts.MessageBus) -> None:
@@ -471,11 +489,17 @@ def test_permission_violation_is_reported_and_connection_survives(errors: Any) -
 
 def test_close_is_idempotent_and_stops_every_thread(server: NatsServer) -> None:
     bus = ts.connect(server.url)
-    bus.subscribe("a", lambda m: None)
+    got = threading.Event()
+    bus.subscribe("a", lambda m: got.set())
+    bus.subscribe("own", lambda m: None, own_thread=True)
     pull = bus.subscribe("b")
     bus.request_many("nobody", timeout=0.1)
+    bus.publish("a", b"")
+    assert got.wait(5)
     threads = bus.threads
-    assert len(threads) >= 4
+    names = sorted(t.name.split("-")[1] for t in threads)
+    # reader, writer, status, a delivery thread, the own-thread subscription's
+    assert names == ["deliver", "reader", "status", "sub", "writer"]
     bus.close()
     bus.close()
     assert bus.is_closed and not bus.is_connected
