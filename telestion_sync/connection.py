@@ -503,8 +503,8 @@ class Connection:
             if isinstance(max_payload, int) and max_payload > 0:
                 # nats-server allows at most 64 MiB; a bigger claim must not lift the bound
                 parser.max_payload = min(max_payload, DEFAULT_MAX_PAYLOAD)
-            if ws:
-                pass  # the INFO's TLS fields describe the WebSocket listener's TLS, done above
+            if ws:  # the INFO's TLS fields describe the WebSocket listener's TLS, done above
+                sock.max_message_size = parser.max_payload
             elif info.get("tls_required") and ctx is None:
                 raise TLSError(
                     f"server {addr.url} requires TLS: use a tls:// URL, tls=True, tls_ca_file=... "

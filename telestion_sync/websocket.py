@@ -19,8 +19,9 @@ the network. Bytes it produces go into an outgoing queue that the thread holding
 sends in order. Writers block on ``_send_lock`` (as on a socket). The reader never waits for it:
 control frames it must answer (a PONG for the server's PING, the reply to a close frame) are
 queued and sent by the reader only if it gets ``_send_lock`` at once and the socket is writable
-now; otherwise the thread sending at that moment (or the next ``sendall``) sends them after its
-own data. A stalled send side therefore never blocks the reader.
+now; otherwise the writer sending at that moment sends them right after its own data (it looks
+at the queue again after releasing the lock, so nothing queued meanwhile is left behind), or the
+next ``sendall`` does. A stalled send side therefore never blocks the reader.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ log = logging.getLogger("telestion_sync.websocket")
 
 _READ_SIZE = 64 * 1024
 _JOIN_LIMIT = 64 * 1024  # queued frames up to this size go out in one send
+#: nats-server refuses a compressed message that inflates to more than max_payload (and kills
+#: the connection), so compressed data goes out in messages of at most this many bytes (or
+#: ``max_message_size``, if smaller): NATS frames may span messages, the server parses a stream.
+_COMPRESSED_MESSAGE = 16 * 1024
 _DATA = (Opcode.BINARY, Opcode.CONT, Opcode.TEXT)
 Bytes = Union[bytes, bytearray, memoryview]
 
@@ -94,6 +99,8 @@ class WebSocketStream:
         self._offset = 0  # bytes of _chunks[0] already returned
         self._eof = False
         self.compression = False
+        #: Set from the server's max_payload once INFO arrived (bounds compressed messages).
+        self.max_message_size = _COMPRESSED_MESSAGE
         self.close_code: Optional[int] = None
         self.close_reason = ""
 
@@ -243,18 +250,24 @@ class WebSocketStream:
         """Send ``data`` as one binary WebSocket message (after anything queued before it)."""
         if not data:
             return
+        step = len(data)
+        if self.compression:
+            step = max(1, min(self.max_message_size, _COMPRESSED_MESSAGE))
+        view = memoryview(data)
         with self._send_lock:
-            with self._lock:
-                try:
-                    self._proto.send_binary(data)
-                except InvalidState:
-                    raise ConnectionResetError(
-                        f"the WebSocket connection to {self.label} is closing"
-                    ) from None
-                self._queue(self._proto.data_to_send())
-            self._drain()
-        if self._out:  # the reader queued a control frame while we held the send lock
-            self._kick()
+            for start in range(0, len(view), step):
+                with self._lock:  # released between messages: the reader is not kept waiting
+                    try:
+                        self._proto.send_binary(view[start : start + step])
+                    except InvalidState:
+                        raise ConnectionResetError(
+                            f"the WebSocket connection to {self.label} is closing"
+                        ) from None
+                    self._queue(self._proto.data_to_send())
+                self._drain()
+        while self._out:  # queued by the reader after our last look, while we held the lock
+            with self._send_lock:
+                self._drain()
 
     def _queue(self, produced: List[bytes]) -> bool:
         """Queue the protocol's output (called with _lock held); True if there was any. The
