@@ -224,7 +224,8 @@ class WebSocketStream:
             if isinstance(ev, Frame):
                 if ev.opcode in _DATA:
                     if ev.data:
-                        self._chunks.append(bytes(ev.data))
+                        data_ = ev.data
+                        self._chunks.append(data_ if type(data_) is bytes else bytes(data_))
                 elif ev.opcode is Opcode.CLOSE:
                     self._eof = True
                     self._closed_by_server()
@@ -253,12 +254,12 @@ class WebSocketStream:
         step = len(data)
         if self.compression:
             step = max(1, min(self.max_message_size, _COMPRESSED_MESSAGE))
-        view = memoryview(data)
+        view = memoryview(data) if step < len(data) else data
         with self._send_lock:
             for start in range(0, len(view), step):
                 with self._lock:  # released between messages: the reader is not kept waiting
                     try:
-                        self._proto.send_binary(view[start : start + step])
+                        self._proto.send_binary(view[start : start + step] if view is not data else data)
                     except InvalidState:
                         raise ConnectionResetError(
                             f"the WebSocket connection to {self.label} is closing"

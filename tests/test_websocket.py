@@ -8,7 +8,10 @@ timeout, and a reader that a stalled send side does not block.
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,7 +29,7 @@ from telestion_sync.server import NatsCluster, NatsServer, free_port
 from telestion_sync.websocket import WebSocketStream
 
 from . import authgen
-from .conftest import wait_until
+from .conftest import clean_env, wait_until
 from .test_cli import run
 from .tlsutil import TLSFiles, connection_named
 from .wsproxy import HTTPRefuser, ReframingProxy
@@ -510,6 +513,18 @@ def test_cli_with_a_ws_server(server: NatsServer) -> None:
         assert [pull.next_msg(timeout=5).data for _ in range(3)] == [{"via": "ws"}] * 3
     proc = run("pub", "cli.ws", '"x"', url=server.websocket_url)  # NATS_URL=ws://...
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_readme_websocket_example_runs() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (code,) = re.findall(r"```py\n(.*?)```", readme, flags=re.S)
+    with ws_server(user="nats", password="nats") as srv:
+        code = code.replace("groundstation:9222", f"127.0.0.1:{srv.websocket_port}")
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, env=clean_env()
+        )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
 
 
 # --- the stream itself ----------------------------------------------------------------------
