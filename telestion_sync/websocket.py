@@ -22,6 +22,10 @@ queued and sent by the reader only if it gets ``_send_lock`` at once and the soc
 now; otherwise the writer sending at that moment sends them right after its own data (it looks
 at the queue again after releasing the lock, so nothing queued meanwhile is left behind), or the
 next ``sendall`` does. A stalled send side therefore never blocks the reader.
+
+Not done: no close frame on ``close()`` (the connection has already shut the socket down, as for
+TCP; nats-server treats both alike), and no ``Nats-No-Masking`` (client frames stay masked as
+RFC 6455 requires, so proxies in between keep working; masking runs in C).
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ class WebSocketStream:
         while proto.state is State.CONNECTING and proto.handshake_exc is None:
             self._settimeout_until(deadline)
             data = self._sock.recv(_READ_SIZE)
-            if first and data[:5] in (b"INFO ", b"INFO{", b"INFO\t"):
+            if first and data.startswith(b"INFO"):
                 raise WebSocketError(
                     f"{self.label} answered like a plain NATS port (INFO), not with "
                     "'HTTP/1.1 101 Switching Protocols': use a nats:// (or tls://) URL for it, "
