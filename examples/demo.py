@@ -1,8 +1,9 @@
 """A short tour of telestion_sync on an embedded nats-server (run it with ``scripts/demo``).
 
 It starts a real nats-server on a free port, then shows publish/subscribe with a callback, a
-pull subscription, request/reply (including an error reply), CBOR for binary data, and the
-bus's counters, printing each step. Everything is plain blocking Python: no asyncio.
+pull subscription, request/reply (including an error reply), CBOR for binary data, the bus's
+counters, and a request over the server's WebSocket port, printing each step. Everything is
+plain blocking Python: no asyncio.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import sys
 import threading
 
 import telestion_sync as ts
-from telestion_sync.server import NatsServer
+from telestion_sync.server import NatsServer, free_port
 
 
 def main() -> int:
-    with NatsServer() as server:
-        print(f"embedded nats-server running at {server.url}")
+    with NatsServer(websocket_port=free_port()) as server:
+        print(f"embedded nats-server running at {server.url} (WebSocket {server.websocket_url})")
         # on_error receives what goes wrong in the background (here: the failing handler).
         on_error = lambda err: print(f"  error handler: {err}")  # noqa: E731
         with ts.connect(server.url, name="demo", on_error=on_error) as bus:
@@ -80,6 +81,11 @@ def main() -> int:
                 f"round trip {bus.rtt() * 1e6:.0f} us; sent {stats.out_msgs} msgs, "
                 f"received {stats.in_msgs} msgs"
             )
+        # 5. The same bus over the server's WebSocket port (what a browser or an HTTP proxy uses).
+        with ts.connect(server.websocket_url, name="demo-ws") as ws_bus:
+            ws_bus.reply("svc.hello", lambda msg: f"hello {msg.data} over {ws_bus.transport['scheme']}://")
+            answer = ws_bus.request("svc.hello", "ground station", timeout=2.0)
+            print(f"over {ws_bus.connected_url}: request svc.hello -> {answer.data!r}")
         print("bus closed; stopping the server")
     return 0
 

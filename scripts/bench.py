@@ -23,6 +23,9 @@ Tests (payloads are raw bytes for every client; nothing is encoded or decoded):
 - ``churn_cb``  the same with a callback per subscription (informational, no target)
 - ``memory``    a pull subscription (nobody consuming) holding 100k pending 16 B messages: the
                 process RSS (VmRSS); target for telestion_sync < 100 MB
+- ``ws_publish``, ``ws_pubsub``, ``ws_request``: ``publish``, ``pubsub`` and ``request`` over
+                the same server's WebSocket port (ws://, no compression); nats-py connects with
+                its aiohttp WebSocket transport, pynats2 has none (n/a)
 
 The responder is one process for all clients (nats-py asyncio by default, ``--responder``), so
 every client is measured against the same counterpart.
@@ -48,6 +51,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 CLIENTS = ["telestion_sync", "nats-py", "pynats2"]
 TESTS = ["publish", "pubsub", "request", "rtt1m", "churn", "churn_cb", "memory"]
+#: The WebSocket rows: the same measurement as the TCP test named, over the server's ws:// port.
+WS_TESTS = {"ws_publish": "publish", "ws_pubsub": "pubsub", "ws_request": "request"}
+TESTS += list(WS_TESTS)
 BASELINE = "nats-py"
 ECHO_SUBJECT = "bench.echo"
 MIB = 1024 * 1024
@@ -63,6 +69,7 @@ FULL: Dict[str, Dict[str, int]] = {
     "churn_cb": {"n": 1_000, "size": 0, "warmup": 0},
     "memory": {"n": 100_000, "size": 16, "warmup": 0},
 }
+FULL.update({ws: dict(FULL[tcp]) for ws, tcp in WS_TESTS.items()})
 #: --quick: FULL with smaller counts (memory keeps its 100k: that is what it measures).
 _QUICK_COUNTS: Dict[str, Dict[str, int]] = {
     "publish": {"n": 20_000},
@@ -72,10 +79,12 @@ _QUICK_COUNTS: Dict[str, Dict[str, int]] = {
     "churn": {"n": 200},
     "churn_cb": {"n": 200},
 }
+_QUICK_COUNTS.update({ws: _QUICK_COUNTS[tcp] for ws, tcp in WS_TESTS.items()})
 QUICK: Dict[str, Dict[str, int]] = {t: {**p, **_QUICK_COUNTS.get(t, {})} for t, p in FULL.items()}
 
 #: What each client cannot do sensibly (shown as n/a).
 UNSUPPORTED = {("pynats2", "memory")}  # pynats2 has no pull subscriptions: nothing to hold
+UNSUPPORTED |= {("pynats2", ws) for ws in WS_TESTS}  # pynats2 has no WebSocket transport
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,13 +448,14 @@ def pynats2_worker(test: str, url: str, n: int, size: int, warmup: int) -> Dict[
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    test = WS_TESTS.get(args.test, args.test)  # a ws_ test: the same code, a ws:// URL
     try:
         if args.client == "telestion_sync":
-            res = ts_worker(args.test, args.url, args.n, args.size, args.warmup)
+            res = ts_worker(test, args.url, args.n, args.size, args.warmup)
         elif args.client == "nats-py":
-            res = asyncio.run(natspy_worker(args.test, args.url, args.n, args.size, args.warmup))
+            res = asyncio.run(natspy_worker(test, args.url, args.n, args.size, args.warmup))
         elif args.client == "pynats2":
-            res = pynats2_worker(args.test, args.url, args.n, args.size, args.warmup)
+            res = pynats2_worker(test, args.url, args.n, args.size, args.warmup)
         else:
             raise ValueError(f"unknown client {args.client}")
         res["ok"] = True
@@ -551,6 +561,10 @@ METRICS = [
     Metric("churn_cb", "ms", "subscribe+unsubscribe x N ms (callback)", "{:,.1f}", False),
     Metric("memory", "rss_mb", "RSS MB, 100k pending 16 B msgs", "{:,.1f}", False),
     Metric("memory", "delta_mb", "RSS growth MB while holding them", "{:,.1f}", False),
+    Metric("ws_publish", "rate", "ws:// publish msg/s (16 B, incl. flush)", "{:,.0f}", True, 1.5),
+    Metric("ws_pubsub", "rate", "ws:// pub->sub msg/s (16 B, one process)", "{:,.0f}", True, 1.5),
+    Metric("ws_request", "rps", "ws:// sequential requests/s (16 B)", "{:,.0f}", True, 1.2),
+    Metric("ws_request", "p50_us", "ws:// request p50 latency us", "{:,.0f}", False),
 ]
 #: Extra targets against another baseline (the "ratio" is telestion_sync / baseline).
 EXTRA_TARGETS = [
@@ -780,7 +794,7 @@ def report(
 
 
 def run_driver(args: argparse.Namespace) -> int:
-    from telestion_sync.server import NatsServer, nats_server_binary
+    from telestion_sync.server import NatsServer, free_port, nats_server_binary
 
     started = time.monotonic()
     params = QUICK if args.quick else FULL
@@ -818,7 +832,8 @@ def run_driver(args: argparse.Namespace) -> int:
         f"{server_version} on loopback; Python {platform.python_version()}; "
         f"{os.cpu_count()} CPUs; {platform.machine()} {platform.system()}",
         "clients: " + ", ".join(f"{c} {client_version(c)}" for c in clients),
-        f"responder: ONE {args.responder} echo process shared by all clients (subject {ECHO_SUBJECT})",
+        f"responder: ONE {args.responder} echo process shared by all clients (subject {ECHO_SUBJECT}; "
+        "over TCP, for the ws_ tests too)",
         "counts: " + "; ".join(f"{t} n={params[t]['n']:,} size={params[t]['size']:,} B" for t in tests),
         f"each measurement in its own subprocess (timeout {args.timeout:g} s); clients interleaved "
         "per test, order rotated each round",
@@ -831,10 +846,10 @@ def run_driver(args: argparse.Namespace) -> int:
     old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     responder: Optional[subprocess.Popen[str]] = None
     try:
-        with NatsServer() as server:
+        with NatsServer(websocket_port=free_port()) as server:
             print(f"nats-server at {server.url}; {' '.join(env_lines[:1])}", flush=True)
             try:
-                if any(t in ("request", "rtt1m") for t in tests):
+                if any(WS_TESTS.get(t, t) in ("request", "rtt1m") for t in tests):
                     responder = start_responder(server.url, args.responder, 20)
                 for rnd in range(rounds):
                     order = clients[rnd % len(clients) :] + clients[: rnd % len(clients)]
@@ -844,7 +859,8 @@ def run_driver(args: argparse.Namespace) -> int:
                                 results[test][c].append(None)
                                 continue
                             t0 = time.monotonic()
-                            res = run_one(c, test, server.url, params[test], args.timeout)
+                            url = server.websocket_url if test in WS_TESTS else server.url
+                            res = run_one(c, test, url or server.url, params[test], args.timeout)
                             results[test][c].append(res)
                             took = time.monotonic() - t0
                             print(

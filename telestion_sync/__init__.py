@@ -33,6 +33,7 @@ from .errors import (
     SlowConsumerError,
     TimeoutError,
     TLSError,
+    WebSocketError,
 )
 from .message import Message
 from .service import Service, discover_services, start_service
@@ -72,4 +73,5 @@ __all__ = [
     "SubscriptionClosedError",
     "TimeoutError",
     "TLSError",
+    "WebSocketError",
 ]

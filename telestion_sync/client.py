@@ -230,6 +230,7 @@ class MessageBus(Handler):
         ignore_discovered_servers: bool = False,
         retry_on_failed_connect: bool = False,
         ignore_auth_error_abort: bool = False,
+        ws_compression: bool = True,
     ) -> None:
         # Every option checked first, so a bad one fails before anything is opened (ConfigError).
         options = self._options = ConnectOptions.from_locals(locals())
@@ -237,6 +238,8 @@ class MessageBus(Handler):
         tls_ca_file, tls_cert_file = options.tls_ca_file, options.tls_cert_file
         tls_key_file = options.tls_key_file
         self._servers = parse_servers(servers)
+        if not isinstance(ws_compression, bool):
+            raise TypeError(f"ws_compression must be True or False, not {ws_compression!r}")
         validate_subject(inbox_prefix, wildcards=False)
         self._default_codec = _codecs.get_codec(default_codec, _codecs.JSON)
         self._pending_msgs_limit = pending_msgs_limit
@@ -277,6 +280,7 @@ class MessageBus(Handler):
             ignore_discovered_servers=ignore_discovered_servers,
             retry_on_failed_connect=retry_on_failed_connect,
             ignore_auth_error_abort=ignore_auth_error_abort,
+            ws_compression=ws_compression,
         )
         self.name = name
         self._subs: Dict[int, Subscription] = {}
@@ -363,6 +367,13 @@ class MessageBus(Handler):
         """The URL of the connected server, without credentials."""
         addr = self._conn.addr
         return addr.url if addr is not None and self._conn.connected else None
+
+    @property
+    def transport(self) -> Dict[str, Any]:
+        """How the connection is carried now: ``{"scheme": "ws", "ws_compression": True}`` for
+        a WebSocket link (``ws_compression``: permessage-deflate negotiated), ``{"scheme":
+        "nats"}`` for TCP; empty while disconnected."""
+        return self._conn.transport
 
     @property
     def server_info(self) -> Dict[str, Any]:

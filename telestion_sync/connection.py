@@ -38,6 +38,7 @@ from .errors import (
     ProtocolError,
     TimeoutError,
     TLSError,
+    WebSocketError,
 )
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -54,10 +55,15 @@ from .protocol import (
     encode_connect,
 )
 from .tls import TLSStream
+from .websocket import WebSocketStream
 
 log = logging.getLogger("telestion_sync.connection")
 
 DEFAULT_PORT = 4222
+#: Ports for URLs without one: NATS's for nats:// and tls://; HTTP's for ws:// and wss:// (as
+#: nats.go and the browsers' WebSocket do; nats-server's WebSocket port has no default).
+DEFAULT_PORTS = {"nats": DEFAULT_PORT, "tls": DEFAULT_PORT, "ws": 80, "wss": 443}
+WEBSOCKET_SCHEMES = ("ws", "wss")
 DEFAULT_CONNECT_TIMEOUT = 2.0  # nats.go's default
 DEFAULT_PING_INTERVAL = 120.0  # nats.go's default
 DEFAULT_MAX_OUTSTANDING_PINGS = 2  # nats.go's default
@@ -89,12 +95,14 @@ class ServerAddr:
     user: Optional[str] = None
     password: Optional[str] = None
     token: Optional[str] = None
+    path: str = ""  # ws:// and wss:// only: the HTTP path (and query) of the upgrade request
 
     @property
     def url(self) -> str:
         """The URL without credentials (safe to log and show)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        path = self.path if self.path not in ("", "/") else ""
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def __repr__(self) -> str:  # never show secrets
         return f"ServerAddr({self.url!r})"
@@ -117,7 +125,8 @@ def redact_url(url: str) -> str:
 
 
 def parse_server(url: str) -> ServerAddr:
-    """Parse ``nats://user:pass@host:port``, ``tls://host``, ``host:port`` or ``host``."""
+    """Parse ``nats://user:pass@host:port``, ``tls://host``, ``ws://host:port/path``,
+    ``wss://host``, ``host:port`` or ``host`` (see :data:`DEFAULT_PORTS`)."""
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"server URL must be a non-empty string, not {type(url).__name__}")
     text = url.strip()
@@ -126,10 +135,12 @@ def parse_server(url: str) -> ServerAddr:
         text = "nats://" + text
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
-    if scheme not in ("nats", "tls"):
-        raise ValueError(f"server URL {shown!r}: scheme must be nats:// or tls://, not {scheme}://")
+    if scheme not in DEFAULT_PORTS:
+        raise ValueError(
+            f"server URL {shown!r}: scheme must be nats://, tls://, ws:// or wss://, not {scheme}://"
+        )
     try:
-        port = parts.port or DEFAULT_PORT
+        port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError:
         raise ValueError(f"server URL {shown!r} has an invalid port") from None
     host = parts.hostname
@@ -141,7 +152,10 @@ def parse_server(url: str) -> ServerAddr:
             user, password = unquote(parts.username), unquote(parts.password)
         else:
             token = unquote(parts.username)
-    return ServerAddr(scheme, host, port, user, password, token)
+    path = ""
+    if scheme in WEBSOCKET_SCHEMES:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return ServerAddr(scheme, host, port, user, password, token, path)
 
 
 def parse_servers(servers: Union[str, Sequence[str]]) -> List[ServerAddr]:
@@ -169,6 +183,32 @@ def _server_error(text: str, url: str) -> Error:
     if "authorization" in low or "authentication" in low or "user" in low and "expired" in low:
         return AuthenticationError(f"server {url} refused the credentials: {text}", text)
     return Error(f"server {url} reported: {text}")
+
+
+def _open_socket(host: str, port: int, deadline: float) -> socket.socket:
+    """A TCP connection to ``host:port``. A name with several addresses (``localhost``: ``::1``
+    and ``127.0.0.1``) is tried address by address, all within one deadline: each address gets
+    an equal share of the time left (at least half a second, if there is that much), so one
+    that does not answer cannot use up the time of the others."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: Optional[OSError] = None
+    for i, (family, kind, proto, _, sockaddr) in enumerate(infos):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        share = max(left / (len(infos) - i), min(left, 0.5))
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(share)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+            log.debug("connecting to %s (%s) failed: %s", host, sockaddr[0], exc)
+    if last is not None:
+        raise last
+    raise socket.timeout(f"no address of {host} answered in time")
 
 
 def _hang_up(sock: Any) -> None:
@@ -302,8 +342,10 @@ class Connection:
         ignore_discovered_servers: bool = False,
         retry_on_failed_connect: bool = False,
         ignore_auth_error_abort: bool = False,
+        ws_compression: bool = True,
     ) -> None:
         self._handler = handler
+        self._ws_compression = ws_compression
         self._name = name
         self._credentials = credentials or Credentials()
         self._tls = tls
@@ -371,6 +413,18 @@ class Connection:
         return link.server.addr if link is not None else None
 
     @property
+    def transport(self) -> Dict[str, Any]:
+        """How the current link is carried: ``scheme``, and for WebSocket links whether
+        permessage-deflate was negotiated (``ws_compression``); empty when not connected."""
+        link = self._link
+        if link is None or not self.connected:
+            return {}
+        found: Dict[str, Any] = {"scheme": link.server.addr.scheme}
+        if isinstance(link.sock, WebSocketStream):
+            found["ws_compression"] = link.sock.compression
+        return found
+
+    @property
     def servers(self) -> List[ServerAddr]:
         """The server pool: given URLs and, unless ignored, those the cluster announced."""
         return [s.addr for s in self._pool]
@@ -398,6 +452,8 @@ class Connection:
             except (AuthenticationError, TLSError, ConfigError):
                 raise  # wrong configuration: no other server will fix it
             except (OSError, TimeoutError, ProtocolError, Error) as exc:
+                if isinstance(exc, WebSocketError) and not exc.retryable:
+                    raise  # a wrong port or an HTTP 4xx: no other server will fix it
                 failures.append(f"{srv.addr.url} ({exc})")
                 last = exc
                 srv.last_attempt = time.monotonic()
@@ -418,21 +474,35 @@ class Connection:
 
     def _handshake(self, addr: ServerAddr, tls_name: str) -> Any:
         deadline = time.monotonic() + self.connect_timeout
-        sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
+        sock: Any = _open_socket(addr.host, addr.port, deadline)
         self._connecting_sock = sock
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             ctx = self._tls
-            if ctx is None and addr.scheme == "tls":
+            ws = addr.scheme in WEBSOCKET_SCHEMES
+            if ctx is None and addr.scheme in ("tls", "wss"):
                 ctx = ssl.create_default_context()
-            if ctx is not None and self._tls_handshake_first:
+            if ctx is not None and (self._tls_handshake_first or ws):
                 sock = self._wrap(ctx, sock, addr, deadline, tls_name)
+            if ws:  # TLS (wss://) below the WebSocket, NATS inside it
+                sock = WebSocketStream(
+                    sock,
+                    addr.host,
+                    addr.port,
+                    secure=ctx is not None,
+                    path=addr.path,
+                    compression=self._ws_compression,
+                    label=addr.url,
+                )
+                sock.handshake(deadline)
             parser = Parser()
             events: List[Event] = []
             try:
                 info = self._read_until(sock, parser, events, deadline, INFO)[1]
             except socket.timeout:
                 hint = "" if ctx is not None else " (if it expects TLS first, pass tls_handshake_first=True)"
+                if not ws:
+                    hint += "; a WebSocket port answers nothing here: use a ws:// URL for it"
                 raise TimeoutError(
                     f"server {addr.url} sent no INFO within {self.connect_timeout} s{hint}"
                 ) from None
@@ -440,12 +510,14 @@ class Connection:
             if isinstance(max_payload, int) and max_payload > 0:
                 # nats-server allows at most 64 MiB; a bigger claim must not lift the bound
                 parser.max_payload = min(max_payload, DEFAULT_MAX_PAYLOAD)
-            if info.get("tls_required") and ctx is None:
+            if ws:  # the INFO's TLS fields describe the WebSocket listener's TLS, done above
+                sock.max_message_size = parser.max_payload
+            elif info.get("tls_required") and ctx is None:
                 raise TLSError(
                     f"server {addr.url} requires TLS: use a tls:// URL, tls=True, tls_ca_file=... "
                     "or tls=ssl.SSLContext"
                 )
-            if ctx is not None and not self._tls_handshake_first:
+            elif ctx is not None and not self._tls_handshake_first:
                 if not (info.get("tls_required") or info.get("tls_available")):
                     raise TLSError(f"TLS was asked for, but server {addr.url} does not offer TLS")
                 sock = self._wrap(ctx, sock, addr, deadline, tls_name)
@@ -456,6 +528,9 @@ class Connection:
             # recv just wakes up this often to see whether the link was given up.
             sock.settimeout(self.write_timeout)
             return sock, parser, info, events
+        except TimeoutError:  # ours (a subclass of socket.timeout): it says what timed out
+            sock.close()
+            raise
         except socket.timeout:
             sock.close()
             raise TimeoutError(
@@ -552,6 +627,11 @@ class Connection:
             data = sock.recv(_READ_SIZE)
             if not data:
                 raise ConnectionResetError("server closed the connection during the handshake")
+            if want == INFO and data.startswith(b"HTTP/"):
+                raise WebSocketError(
+                    "the server answered with HTTP, not NATS: it is a WebSocket (or HTTP) port; "
+                    "use a ws:// or wss:// URL for it"
+                )
             events.extend(parser.feed(data))
 
     def _start(

@@ -136,3 +136,17 @@ class ConfigError(Error, ValueError):
 class TLSError(Error):
     """TLS is misconfigured for this server: required but not enabled, not offered, an
     untrusted certificate (the message names the host), or a refused client certificate."""
+
+
+class WebSocketError(Error):
+    """A ``ws://``/``wss://`` server did not open the WebSocket: it refused the HTTP upgrade
+    (``status`` is the HTTP status, e.g. 401, 403, 404), or the port is not a WebSocket port
+    (the message says which). ``retryable`` is False for errors another try will not fix
+    (a wrong port, a 4xx status): those fail ``connect()`` at once."""
+
+    def __init__(self, message: str, status: Optional[int] = None, retryable: Optional[bool] = None) -> None:
+        self.status = status
+        if retryable is None:
+            retryable = status is not None and status >= 500
+        self.retryable = retryable
+        super().__init__(message)

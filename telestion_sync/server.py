@@ -108,6 +108,8 @@ class NatsServer:
         name: Optional[str] = None,
         monitor_port: Optional[int] = None,
         websocket_port: Optional[int] = None,
+        websocket_tls: Optional[str] = None,
+        websocket_compression: bool = False,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -119,6 +121,10 @@ class NatsServer:
         self.name = name
         self.monitor_port = monitor_port
         self.websocket_port = websocket_port
+        # A nats-server ``tls { cert_file: ..., key_file: ... }`` block for the WebSocket port
+        # (wss://); without one the port is plain ws:// (``no_tls: true``).
+        self.websocket_tls = websocket_tls
+        self.websocket_compression = websocket_compression  # permessage-deflate offered
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._dir = tempfile.mkdtemp(prefix="telestion-sync-nats-")
         self.log_path = os.path.join(self._dir, "server.log")
@@ -128,6 +134,14 @@ class NatsServer:
     def url(self) -> str:
         """``nats://host:port`` (without credentials)."""
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def websocket_url(self) -> Optional[str]:
+        """``ws://host:port`` (``wss://`` with ``websocket_tls``), or None without a WebSocket
+        port."""
+        if self.websocket_port is None:
+            return None
+        return f"{'wss' if self.websocket_tls else 'ws'}://{self.host}:{self.websocket_port}"
 
     def _write_config(self) -> str:
         def at(port: int) -> str:
@@ -142,7 +156,11 @@ class NatsServer:
         if self.monitor_port is not None:
             conf.append(f"http: {at(self.monitor_port)}")
         if self.websocket_port is not None:
-            conf.append(f"websocket {{ listen: {at(self.websocket_port)}, no_tls: true }}")
+            ws = [f"listen: {at(self.websocket_port)}"]
+            ws.append(self.websocket_tls if self.websocket_tls else "no_tls: true")
+            if self.websocket_compression:
+                ws.append("compression: true")
+            conf.append("websocket {\n  " + "\n  ".join(ws) + "\n}")
         if self.jetstream:
             conf.append(f"jetstream {{ store_dir: {_quote(os.path.join(self._dir, 'js'))} }}")
         if self.config:
@@ -201,7 +219,11 @@ class NatsServer:
         """Whether a client connecting now is greeted with INFO (override for TLS-first)."""
         with socket.create_connection((self.host, self.port), timeout=0.5) as s:
             s.settimeout(0.5)
-            return s.recv(4).startswith(b"INFO")
+            if not s.recv(4).startswith(b"INFO"):
+                return False
+        if self.websocket_port is not None:  # its listener starts separately
+            socket.create_connection((self.host, self.websocket_port), timeout=0.5).close()
+        return True
 
     def read_log(self) -> str:
         """The server's log so far (for failure messages)."""
@@ -286,6 +308,9 @@ class NatsCluster:
         user: Optional[str] = None,
         password: Optional[str] = None,
         jetstream: bool = False,
+        websocket: bool = False,
+        websocket_tls: Optional[str] = None,
+        websocket_compression: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -304,6 +329,9 @@ class NatsCluster:
                     user=user,
                     password=password,
                     jetstream=jetstream,
+                    websocket_port=free_port(host) if websocket or websocket_tls else None,
+                    websocket_tls=websocket_tls,
+                    websocket_compression=websocket_compression,
                 )
             )
 
@@ -311,10 +339,15 @@ class NatsCluster:
     def urls(self) -> List[str]:
         return [n.url for n in self.nodes]
 
+    @property
+    def websocket_urls(self) -> List[str]:
+        """The nodes' ``ws://`` (or ``wss://``) URLs (with ``websocket=True``)."""
+        return [n.websocket_url for n in self.nodes if n.websocket_url]
+
     def node_for(self, url: Optional[str]) -> NatsServer:
-        """The node serving ``url`` (e.g. a bus's ``connected_url``)."""
+        """The node serving ``url`` (e.g. a bus's ``connected_url``; a WebSocket URL too)."""
         for n in self.nodes:
-            if n.url == url:
+            if url in (n.url, n.websocket_url):
                 return n
         raise KeyError(url)
 

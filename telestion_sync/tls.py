@@ -144,6 +144,10 @@ class TLSStream:
     def close(self) -> None:
         self._sock.close()
 
+    def fileno(self) -> int:
+        """The socket's descriptor (for a writability check; never read or write it)."""
+        return self._sock.fileno()
+
     @property
     def version(self) -> Optional[str]:
         """The negotiated TLS version, e.g. ``"TLSv1.3"``."""

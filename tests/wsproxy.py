@@ -1,0 +1,232 @@
+"""Test servers for the WebSocket transport: a re-framing WebSocket proxy and a fake HTTP server.
+
+:class:`ReframingProxy` sits between a client and a nats-server's WebSocket port, speaking
+WebSocket on both sides with websockets' Sans-I/O protocols (the library the client uses, but its
+server side). It forwards the client's data unchanged and re-frames what the server sends: odd
+batches cut into fragments of 1-5 bytes (a NATS frame spread over many WebSocket frames), even
+batches packed into one frame (several NATS frames in one WebSocket frame); it also sends the
+client a WebSocket PING before every batch and counts the PONGs that come back.
+
+:class:`HTTPRefuser` answers every connection with one fixed HTTP status (a WebSocket upgrade
+refused by a proxy: 401, 403, 404...).
+"""
+
+from __future__ import annotations
+
+import random
+import selectors
+import socket
+import threading
+from typing import List, Optional
+
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from telestion_sync.server import free_port
+
+
+def _pump_out(sock: socket.socket, proto: object) -> None:
+    for chunk in proto.data_to_send():  # type: ignore[attr-defined]
+        if chunk:
+            sock.sendall(chunk)
+
+
+class ReframingProxy:
+    """Listens on ``127.0.0.1:port`` (``url``) and proxies to ``ws://127.0.0.1:target_port``."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._socks: List[socket.socket] = []
+        self.pings = 0
+        self.pongs = 0
+        self.split_frames = 0  # data frames of fewer than 6 bytes sent to the client
+        self.packed_frames = 0  # data frames sent whole (one or more NATS frames each)
+        self._rng = random.Random(11)
+        self._threads = [threading.Thread(target=self._accept_loop, name="ws-proxy", daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            t = threading.Thread(target=self._serve, args=(client,), name="ws-proxy-conn", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: Optional[socket.socket] = None
+        try:
+            client.settimeout(5)
+            server_side = ServerProtocol()  # no extensions: no compression on this side
+            while True:
+                server_side.receive_data(client.recv(65536))
+                reqs = [e for e in server_side.events_received() if isinstance(e, Request)]
+                if reqs:
+                    break
+            server_side.send_response(server_side.accept(reqs[0]))
+            _pump_out(client, server_side)
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            with self._lock:
+                self._socks += [client, upstream]
+            client_side = ClientProtocol(parse_uri(f"ws://127.0.0.1:{self.target_port}/"), max_size=None)
+            client_side.send_request(client_side.connect())
+            _pump_out(upstream, client_side)
+            while client_side.state is State.CONNECTING:
+                client_side.receive_data(upstream.recv(65536))
+            early = [e for e in client_side.events_received() if isinstance(e, Frame)]
+            assert client_side.state is State.OPEN, client_side.handshake_exc
+            batch = 0
+            pending = [e.data for e in early if e.opcode is Opcode.BINARY]
+            if pending:
+                self._reframe(client, server_side, b"".join(pending), batch)
+                batch += 1
+            self._relay(client, upstream, server_side, client_side, batch)
+        except (OSError, AssertionError, ValueError):
+            pass
+        finally:
+            for s in (client, upstream):
+                if s is not None:
+                    s.close()
+
+    def _relay(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        server_side: ServerProtocol,
+        client_side: ClientProtocol,
+        batch: int,
+    ) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(client, selectors.EVENT_READ, "client")
+        sel.register(upstream, selectors.EVENT_READ, "upstream")
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(timeout=0.05):
+                    src: socket.socket = key.fileobj  # type: ignore[assignment]
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    if key.data == "client":
+                        server_side.receive_data(data)
+                        for ev in server_side.events_received():
+                            if ev.opcode is Opcode.PONG:
+                                with self._lock:
+                                    self.pongs += 1
+                            elif ev.opcode in (Opcode.BINARY, Opcode.CONT):
+                                client_side.send_binary(ev.data)
+                        _pump_out(upstream, client_side)
+                        _pump_out(client, server_side)
+                    else:
+                        client_side.receive_data(data)
+                        got = [e.data for e in client_side.events_received() if e.opcode is Opcode.BINARY]
+                        _pump_out(upstream, client_side)
+                        if got:
+                            self._reframe(client, server_side, b"".join(got), batch)
+                            batch += 1
+        finally:
+            sel.close()
+
+    def _reframe(self, client: socket.socket, proto: ServerProtocol, data: bytes, batch: int) -> None:
+        with self._lock:
+            self.pings += 1
+        proto.send_ping(b"%d" % batch)
+        if batch % 2:
+            pieces = []
+            while data:
+                n = self._rng.randint(1, 5)
+                pieces.append(data[:n])
+                data = data[n:]
+            for i, piece in enumerate(pieces):
+                last = i == len(pieces) - 1
+                if i == 0:
+                    proto.send_binary(piece, fin=last)
+                else:
+                    proto.send_continuation(piece, fin=last)
+            with self._lock:
+                self.split_frames += len(pieces)
+        else:
+            proto.send_binary(data)
+            with self._lock:
+                self.packed_frames += 1
+        _pump_out(client, proto)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._listener.close()
+        for t in self._threads:
+            t.join(5)
+
+
+class HTTPRefuser:
+    """Answers each connection's request with ``status`` and closes; ``requests`` keeps the
+    request heads it read."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.port = free_port()
+        self.requests: List[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="http-refuser", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                try:
+                    while b"\r\n\r\n" not in head:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        head += chunk
+                    self.requests.append(head)
+                    body = f"{self.reason}: go away\n".encode()
+                    conn.sendall(
+                        f"HTTP/1.1 {self.status} {self.reason}\r\nContent-Type: text/plain\r\n"
+                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                        + body
+                    )
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+__all__ = ["ReframingProxy", "HTTPRefuser"]
