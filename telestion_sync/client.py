@@ -238,8 +238,6 @@ class MessageBus(Handler):
         tls_ca_file, tls_cert_file = options.tls_ca_file, options.tls_cert_file
         tls_key_file = options.tls_key_file
         self._servers = parse_servers(servers)
-        if not isinstance(ws_compression, bool):
-            raise TypeError(f"ws_compression must be True or False, not {ws_compression!r}")
         validate_subject(inbox_prefix, wildcards=False)
         self._default_codec = _codecs.get_codec(default_codec, _codecs.JSON)
         self._pending_msgs_limit = pending_msgs_limit

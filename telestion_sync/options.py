@@ -351,6 +351,7 @@ class ConnectOptions:
     ignore_discovered_servers: bool = False
     retry_on_failed_connect: bool = False
     ignore_auth_error_abort: bool = False
+    ws_compression: bool = True
 
     def __post_init__(self) -> None:
         _check_servers(self.servers)
@@ -423,6 +424,7 @@ _BOOLS = (
     "ignore_discovered_servers",
     "retry_on_failed_connect",
     "ignore_auth_error_abort",
+    "ws_compression",
 )
 _CALLBACKS = (
     "on_error",

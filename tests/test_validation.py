@@ -151,6 +151,7 @@ CONNECT_RULES: List[Tuple[str, Any, str]] = [
     ("ignore_discovered_servers", "yes", "ignore_discovered_servers must be True or False, not str"),
     ("retry_on_failed_connect", 1, "retry_on_failed_connect must be True or False, not int"),
     ("ignore_auth_error_abort", None, "ignore_auth_error_abort must be True or False, not NoneType"),
+    ("ws_compression", "yes", "ws_compression must be True or False, not str"),
 ]
 
 
@@ -176,7 +177,7 @@ def test_bad_connect_option_fails_before_connecting(
         ({"url"}, "servers must be a URL"),
         ([], "servers: no server URL given"),
         ("", "servers: no server URL given"),
-        ("http://127.0.0.1:4222", "scheme must be nats:// or tls://"),
+        ("http://127.0.0.1:4222", "scheme must be nats://, tls://, ws:// or wss://"),
         ("nats://127.0.0.1:99999", "has an invalid port"),
         (["nats://127.0.0.1", 5], "server URL must be a non-empty string, not int"),
     ],
