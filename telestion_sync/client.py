@@ -44,7 +44,6 @@ from .errors import (
     MaxPayloadError,
     NoRespondersError,
     PermissionViolationError,
-    ProtocolError,
     ServiceError,
     TimeoutError,
 )
@@ -53,7 +52,6 @@ from .message import (
     SERVICE_ERROR_HEADER,
     Message,
     MessageContext,
-    make_message,
 )
 from .options import (
     ConnectOptions,
@@ -73,7 +71,6 @@ from .protocol import (
     encode_sub,
     encode_unsub,
     hpub_head,
-    parse_headers,
     pub_head,
     validate_queue,
     validate_subject,
@@ -745,13 +742,7 @@ class MessageBus(Handler):
         slot = self._resp_map.pop(subject[self._resp_prefix_len :], None)
         if slot is None:
             return  # a late or duplicate reply; its request already returned
-        if hdr is None:
-            msg: Optional[Message] = Message(subject.decode(), payload, None, None, self._reply_ctx)
-        else:
-            msg = self._make_msg(subject, None, payload, hdr, self._reply_ctx)
-            if msg is None:
-                return
-        slot[1] = msg
+        slot[1] = Message(_text(subject), payload, None, None, self._reply_ctx, hdr)
         slot[0].release()
 
     def _fail_requests(self, err: Any = _CLOSED) -> None:
@@ -860,29 +851,6 @@ class MessageBus(Handler):
 
     # --- reader callbacks (run on the connection's reader thread) ----------------------------
 
-    def _make_msg(
-        self,
-        subject: bytes,
-        reply: Optional[bytes],
-        payload: bytes,
-        hdr: bytes,
-        ctx: MessageContext,
-    ) -> Optional[Message]:
-        try:
-            status, description, headers = parse_headers(hdr)
-        except ProtocolError as exc:
-            self._report_error(exc)
-            return None
-        return make_message(
-            _text(subject),
-            payload,
-            _text(reply) if reply is not None else None,
-            headers,
-            ctx,
-            status,
-            description,
-        )
-
     def _on_msg(self, event: Event) -> None:
         _, subject, sid, reply, payload, hdr = event
         if sid == self._resp_sid:
@@ -892,16 +860,10 @@ class MessageBus(Handler):
         if sub is None:
             self._unrouted += 1  # sent before the server saw our UNSUB: counted, not lost unseen
             return
-        if hdr is None:
-            try:
-                msg = Message(subject.decode(), payload, reply.decode() if reply else None, None, sub)
-            except UnicodeDecodeError:  # NATS subjects are bytes: keep them, byte for byte
-                msg = Message(_text(subject), payload, _text(reply) if reply else None, None, sub)
-        else:
-            made = self._make_msg(subject, reply, payload, hdr, sub)
-            if made is None:
-                return
-            msg = made
+        try:
+            msg = Message(subject.decode(), payload, reply.decode() if reply else None, None, sub, hdr)
+        except UnicodeDecodeError:  # NATS subjects are bytes: keep them, byte for byte
+            msg = Message(_text(subject), payload, _text(reply) if reply else None, None, sub, hdr)
         if sub._enqueue(msg, len(payload)) and not sub._touched:
             sub._touched = True
             self._touched.append(sub)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 
 from . import codecs as _codecs
-from .errors import DecodeError
+from .errors import DecodeError, ProtocolError
 from .options import check_publish
+from .protocol import parse_headers
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import MessageBus
@@ -48,14 +49,25 @@ class Message:
     codec (by default ``"auto"``: the ``Content-Type`` header decides, otherwise JSON if it parses,
     otherwise the bytes), decoded once on first access; a payload that does not decode raises
     :class:`~telestion_sync.DecodeError`. ``respond()`` answers a request. ``status`` is the
-    NATS status code of a status message (503 for no responders), else None.
+    NATS status code of a status message (503 for no responders, 408/409 from JetStream), else
+    None, and ``description`` its text.
+
+    A received header block is kept raw and parsed on first use (``headers``, ``status``,
+    decoding): the socket reader never pays for it.
     """
 
-    __slots__ = ("subject", "reply", "payload", "_headers", "_ctx", "_data", "_responded")
-
-    #: Status code and text; only status messages (see ``_StatusMessage``) carry their own.
-    status: Optional[int] = None
-    description: str = ""
+    __slots__ = (
+        "subject",
+        "reply",
+        "payload",
+        "_hraw",
+        "_hdict",
+        "_status",
+        "_description",
+        "_ctx",
+        "_data",
+        "_responded",
+    )
 
     def __init__(
         self,
@@ -64,19 +76,62 @@ class Message:
         reply: Optional[str] = None,
         headers: Optional[Dict[str, str]] = None,
         ctx: MessageContext = _DETACHED,
+        raw_headers: Optional[bytes] = None,
     ) -> None:
         self.subject = subject
         self.reply = reply
         self.payload = payload
-        self._headers = headers
+        self._hdict = headers
+        self._hraw = raw_headers  # the received block, until it is parsed
+        self._status: Optional[int] = None
+        self._description = ""
         self._ctx = ctx
         self._data = _UNSET
+
+    def _parse_headers(self) -> None:
+        """Parse the received header block once. Results are stored before the raw block is
+        dropped, so a second thread parsing at the same time reads the same values."""
+        raw = self._hraw
+        if raw is None:
+            return
+        try:
+            status, description, headers = parse_headers(raw)
+        except ProtocolError as exc:  # not from a conforming server: reported, not fatal
+            status, description, headers = None, "", {}
+            bus = self._ctx._bus
+            if bus is not None:
+                bus._report_error(exc)
+        self._hdict = headers
+        self._status = status
+        self._description = description
+        self._hraw = None
+
+    @property
+    def _headers(self) -> Optional[Dict[str, str]]:
+        """The parsed headers, or None when the message had none."""
+        if self._hraw is not None:
+            self._parse_headers()
+        return self._hdict
 
     @property
     def headers(self) -> Dict[str, str]:
         """The message headers (an empty dict when it had none)."""
         h = self._headers
         return h if h is not None else {}
+
+    @property
+    def status(self) -> Optional[int]:
+        """The inline status code of a status message (e.g. 503 for no responders), else None."""
+        if self._hraw is not None:
+            self._parse_headers()
+        return self._status
+
+    @property
+    def description(self) -> str:
+        """The text after a status code (``"No Messages"``, ``"Request Timeout"``...)."""
+        if self._hraw is not None:
+            self._parse_headers()
+        return self._description
 
     @property
     def data(self) -> Any:
@@ -164,12 +219,6 @@ class Message:
         return getattr(self, "_responded", False)
 
 
-class _StatusMessage(Message):
-    """A message whose header line carried a status (e.g. ``NATS/1.0 503``)."""
-
-    __slots__ = ("status", "description")
-
-
 def make_message(
     subject: str,
     payload: bytes,
@@ -179,10 +228,8 @@ def make_message(
     status: Optional[int],
     description: str,
 ) -> Message:
-    """A Message, or a status message when the header line carried a status code."""
-    if status is None:
-        return Message(subject, payload, reply, headers, ctx)
-    msg = _StatusMessage(subject, payload, reply, headers, ctx)
-    msg.status = status
-    msg.description = description
+    """A Message with parsed headers and status (for messages not read off the wire)."""
+    msg = Message(subject, payload, reply, headers, ctx)
+    msg._status = status
+    msg._description = description
     return msg
