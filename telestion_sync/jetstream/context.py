@@ -703,7 +703,8 @@ class JetStream:
                     raise InvalidArgumentError(
                         f"{param} must be a datetime, a timedelta or None, not {value!r}"
                     )
-                format_time(value)  # refuses naive datetimes
+                if value.tzinfo is None:
+                    raise InvalidArgumentError(f"{param} must be an aware datetime (e.g. tzinfo=timezone.utc)")
         wait = self._timeout(timeout)
         name = check_name(stream, "stream") if stream is not None else self.find_stream(subject, timeout=wait)
         oc = self.ordered_consumer(
