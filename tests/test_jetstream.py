@@ -351,9 +351,18 @@ def test_publish_async_ack_timeout(jsbus: ts.MessageBus) -> None:
 
 
 def test_consumer_crud(js: ts.JetStream, stream: str) -> None:
-    c = js.create_consumer(stream, durable="ground", filter_subjects=["t.a"], ack_wait=10, max_deliver=5,
-                           backoff=[10, 20], max_ack_pending=100, description="d", headers_only=False,
-                           inactive_threshold=timedelta(minutes=1))
+    c = js.create_consumer(
+        stream,
+        durable="ground",
+        filter_subjects=["t.a"],
+        ack_wait=10,
+        max_deliver=5,
+        backoff=[10, 20],
+        max_ack_pending=100,
+        description="d",
+        headers_only=False,
+        inactive_threshold=timedelta(minutes=1),
+    )
     info = c.info()
     assert info.name == "ground" and info.stream_name == stream
     cfg = info.config
@@ -365,8 +374,15 @@ def test_consumer_crud(js: ts.JetStream, stream: str) -> None:
     js.create_consumer(stream, cfg)
     with pytest.raises(ts.ConsumerExistsError):
         js.create_consumer(stream, durable="ground", filter_subjects=["t.b"])
-    updated = js.update_consumer(stream, durable="ground", filter_subjects=["t.b"], ack_wait=10,
-                                 max_deliver=5, backoff=[10, 20], max_ack_pending=100)
+    updated = js.update_consumer(
+        stream,
+        durable="ground",
+        filter_subjects=["t.b"],
+        ack_wait=10,
+        max_deliver=5,
+        backoff=[10, 20],
+        max_ack_pending=100,
+    )
     assert updated.cached_info is not None and updated.cached_info.config.filter_subjects == ["t.b"]
     with pytest.raises(ts.ConsumerNotFoundError):
         js.update_consumer(stream, durable="absent")
@@ -429,7 +445,9 @@ def _publish(js: ts.JetStream, subject: str, n: int, start: int = 0) -> None:
         ("last_per_subject", {"filter_subjects": ["t.>"]}, [4, 5]),
     ],
 )
-def test_deliver_policies(js: ts.JetStream, stream: str, policy: str, extra: dict, expected: List[int]) -> None:
+def test_deliver_policies(
+    js: ts.JetStream, stream: str, policy: str, extra: dict, expected: List[int]
+) -> None:
     for i in range(6):
         js.publish("t.a" if i % 2 == 0 else "t.b", {"i": i})
     c = js.create_consumer(stream, deliver_policy=policy, **extra)
@@ -481,7 +499,7 @@ def test_fetch_returns_early_with_what_is_ready(js: ts.JetStream, stream: str) -
 
 
 def test_fetch_batch_limits_and_max_bytes(js: ts.JetStream, stream: str) -> None:
-    for i in range(10):
+    for _i in range(10):
         js.publish("t.a", b"x" * 100)
     c = js.create_consumer(stream, ack_policy="none")
     assert len(c.fetch(4, 1)) == 4
@@ -640,8 +658,16 @@ def test_fetch_on_closed_bus(js: ts.JetStream, jsbus: ts.MessageBus, stream: str
 
 
 def test_exported_from_package() -> None:
-    for name in ["JetStream", "JetStreamError", "StreamNotFoundError", "ConsumerNotFoundError",
-                 "WrongLastSequenceError", "MessageNotFoundError", "JetStreamNotEnabledError", "PubAck"]:
+    for name in [
+        "JetStream",
+        "JetStreamError",
+        "StreamNotFoundError",
+        "ConsumerNotFoundError",
+        "WrongLastSequenceError",
+        "MessageNotFoundError",
+        "JetStreamNotEnabledError",
+        "PubAck",
+    ]:
         assert hasattr(ts, name)
     assert issubclass(ts.JetStreamError, ts.Error)
     assert issubclass(ts.InvalidArgumentError, ValueError) and issubclass(ts.MsgAlreadyAckedError, ts.Error)

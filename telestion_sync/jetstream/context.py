@@ -36,7 +36,6 @@ from .models import (
     PubAck,
     StreamConfig,
     StreamInfo,
-    format_time,
     from_json,
     parse_time,
     to_json,
@@ -704,7 +703,9 @@ class JetStream:
                         f"{param} must be a datetime, a timedelta or None, not {value!r}"
                     )
                 if value.tzinfo is None:
-                    raise InvalidArgumentError(f"{param} must be an aware datetime (e.g. tzinfo=timezone.utc)")
+                    raise InvalidArgumentError(
+                        f"{param} must be an aware datetime (e.g. tzinfo=timezone.utc)"
+                    )
         wait = self._timeout(timeout)
         name = check_name(stream, "stream") if stream is not None else self.find_stream(subject, timeout=wait)
         oc = self.ordered_consumer(
