@@ -108,6 +108,7 @@ class NatsServer:
         name: Optional[str] = None,
         monitor_port: Optional[int] = None,
         websocket_port: Optional[int] = None,
+        store_dir: Optional[str] = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -121,6 +122,9 @@ class NatsServer:
         self.websocket_port = websocket_port
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._dir = tempfile.mkdtemp(prefix="telestion-sync-nats-")
+        #: Where JetStream keeps its data: ``store_dir`` (kept after the server stops), by
+        #: default a directory in the server's temp dir (removed with it).
+        self.store_dir = os.path.abspath(store_dir) if store_dir else os.path.join(self._dir, "js")
         self.log_path = os.path.join(self._dir, "server.log")
         self._pid_path = os.path.join(self._dir, "server.pid")
 
@@ -144,7 +148,7 @@ class NatsServer:
         if self.websocket_port is not None:
             conf.append(f"websocket {{ listen: {at(self.websocket_port)}, no_tls: true }}")
         if self.jetstream:
-            conf.append(f"jetstream {{ store_dir: {_quote(os.path.join(self._dir, 'js'))} }}")
+            conf.append(f"jetstream {{ store_dir: {_quote(self.store_dir)} }}")
         if self.config:
             conf.append(self.config)
         path = os.path.join(self._dir, "server.conf")
@@ -286,6 +290,7 @@ class NatsCluster:
         user: Optional[str] = None,
         password: Optional[str] = None,
         jetstream: bool = False,
+        store_dir: Optional[str] = None,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -304,6 +309,8 @@ class NatsCluster:
                     user=user,
                     password=password,
                     jetstream=jetstream,
+                    # one store per node (they must never share one)
+                    store_dir=os.path.join(store_dir, f"{name}-{i}") if store_dir else None,
                 )
             )
 
