@@ -330,6 +330,7 @@ class _Pump:
         self.pending_msgs = 0
         self.pending_bytes = 0
         self.last_activity = time.monotonic()
+        self._fresh = False  # messages handed out since the last wait (they were activity)
         self.paused = not self.bus.is_connected
         self.reconnected = False
         self.need_reset = False
@@ -430,41 +431,55 @@ class _Pump:
         finally:
             self._lock.release()
 
+    def _housekeeping(self, now: float, deadline: Optional[float]) -> None:
+        """After a reconnect start over; pull (or first recreate an ordered consumer) when
+        half of what was asked for has arrived, unless waiting out a failure."""
+        if self.reconnected:
+            self.reconnected = False
+            self._start_over(now)
+            self.retry_at = 0.0
+        if self.paused or now < self.retry_at:
+            return
+        if self.need_reset:
+            left = 5.0 if deadline is None else max(deadline - now, 0.05)
+            if self.puller._reset(min(self.puller.js.timeout, max(left, 1.0))):
+                self.need_reset = False
+                self.pending_msgs = self.pending_bytes = 0
+                self.backoff = 0.25
+                self.last_activity = time.monotonic()
+            else:
+                self._failed(time.monotonic())
+                return
+        self._pull()
+
     def _poll(self, deadline: Optional[float]) -> Optional[JetStreamMessage]:
         sub = self.sub
+        half = self.max_messages // 2
         while True:
             if self.done and not (self.draining and sub.pending):
                 return None
-            now = time.monotonic()
-            if not self.stopped:
-                if self.reconnected:
-                    self.reconnected = False
-                    self._start_over(now)
-                    self.retry_at = 0.0
-                if not self.paused:
-                    if now - self.last_activity > 2 * self.heartbeat:
-                        self.report(
-                            NoHeartbeatError(
-                                f"no message or heartbeat from {self.puller.stream} for "
-                                f"{now - self.last_activity:.1f} s; pulling again",
-                                408,
-                            )
+            if not self.stopped and (
+                self.reconnected or self.need_reset or self.max_bytes or self.pending_msgs <= half
+            ):
+                self._housekeeping(time.monotonic(), deadline)
+            if sub.pending:
+                wait = 0.0  # the fast path: no clock, no heartbeat check while messages flow
+            else:
+                now = time.monotonic()
+                if self._fresh:  # messages were handed out since the last wait
+                    self._fresh = False
+                    self.last_activity = now
+                if not self.stopped and not self.paused and now - self.last_activity > 2 * self.heartbeat:
+                    self.report(
+                        NoHeartbeatError(
+                            f"no message or heartbeat from {self.puller.stream} for "
+                            f"{now - self.last_activity:.1f} s; pulling again",
+                            408,
                         )
-                        self._start_over(now)
-                    if now >= self.retry_at:
-                        if self.need_reset:
-                            left = 5.0 if deadline is None else max(deadline - now, 0.05)
-                            if self.puller._reset(min(self.puller.js.timeout, max(left, 1.0))):
-                                self.need_reset = False
-                                self.pending_msgs = self.pending_bytes = 0
-                                self.backoff = 0.25
-                                self.last_activity = time.monotonic()
-                            else:
-                                self._failed(time.monotonic())
-                        if not self.need_reset:
-                            self._pull()
-            now = time.monotonic()
-            wait = POLL_INTERVAL if deadline is None else min(deadline - now, POLL_INTERVAL)
+                    )
+                    self._start_over(now)
+                    continue
+                wait = POLL_INTERVAL if deadline is None else min(deadline - now, POLL_INTERVAL)
             try:
                 m = sub.next_msg(max(wait, 0.0))
             except TimeoutError:
@@ -474,21 +489,25 @@ class _Pump:
             except ConnectionClosedError:
                 self.done = True
                 return None
-            now = time.monotonic()
-            self.last_activity = now
             status = m.status
             if status is None:
-                self.pending_msgs = max(0, self.pending_msgs - 1)
+                self._fresh = True
+                if self.pending_msgs > 0:
+                    self.pending_msgs -= 1
                 if self.max_bytes:
                     self.pending_bytes = max(0, self.pending_bytes - _msg_size(m))
                 jm = JetStreamMessage(m, self.bus)
+                if not self.puller.ordered:
+                    return jm
                 verdict = self.puller._check(jm)
                 if verdict == ACCEPT:
                     self.backoff = 0.25
                     return jm
                 if verdict == RESET:
-                    self._start_over(now)
+                    self._start_over(time.monotonic())
                 continue
+            now = time.monotonic()
+            self.last_activity = now
             self._on_status_msg(m, now)
             if self.error is not None:
                 return None

@@ -12,7 +12,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from .. import codecs as _codecs
 from ..errors import DecodeError
@@ -56,6 +56,22 @@ def parse_metadata(reply: Optional[str]) -> MsgMetadata:
         )
     except (ValueError, IndexError) as exc:
         raise NotAckableError(f"malformed JetStream ack subject {reply!r}: {exc}") from exc
+
+
+def ack_sequences(reply: Optional[str]) -> Optional[Tuple[str, int, int]]:
+    """``(consumer, stream seq, consumer seq)`` from a ``$JS.ACK`` subject, None if it is not
+    one: the ordered consumer's per-message check, cheaper than the full metadata."""
+    if not reply or not reply.startswith("$JS.ACK."):
+        return None
+    t = reply.split(".")
+    n = len(t)
+    off = 2 if n == 9 else 4 if n >= 11 else -1
+    if off < 0:
+        return None
+    try:
+        return t[off + 1], int(t[off + 3]), int(t[off + 4])
+    except ValueError:
+        return None
 
 
 class JetStreamMessage:

@@ -394,7 +394,7 @@ class PubAck:
     domain: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class SequencePair:
     """A message's sequence in its stream and in its consumer."""
 
@@ -402,7 +402,7 @@ class SequencePair:
     consumer: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class MsgMetadata:
     """What the ack subject of a delivered message tells (nats.go's ``MsgMetadata``)."""
 

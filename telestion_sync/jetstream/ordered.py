@@ -30,7 +30,7 @@ from .consumer import (
 )
 from .context import check_count, check_timeout
 from .errors import InvalidArgumentError, JetStreamError
-from .message import JetStreamMessage
+from .message import JetStreamMessage, ack_sequences
 from .models import ConsumerConfig, ConsumerInfo, from_json, to_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,21 +68,19 @@ class OrderedConsumer(_Puller):
         return self._subject
 
     def _check(self, msg: JetStreamMessage) -> int:
-        meta = msg.metadata
-        if meta.consumer != self.name:
+        seqs = ack_sequences(msg.msg.reply)
+        if seqs is None or seqs[0] != self.name:
             return DROP  # from a consumer abandoned by a reset
-        if meta.sequence.consumer != self._expected:
+        _, sseq, cseq = seqs
+        if cseq != self._expected:
             log.debug(
-                "ordered consumer %s: consumer seq %d, expected %d: reset",
-                self.name,
-                meta.sequence.consumer,
-                self._expected,
+                "ordered consumer %s: consumer seq %d, expected %d: reset", self.name, cseq, self._expected
             )
             return RESET
-        self._expected += 1
-        if meta.sequence.stream <= self.last_stream_seq:
+        self._expected = cseq + 1
+        if sseq <= self.last_stream_seq:
             return DROP  # never twice
-        self.last_stream_seq = meta.sequence.stream
+        self.last_stream_seq = sseq
         return ACCEPT
 
     def _config(self) -> ConsumerConfig:
