@@ -672,3 +672,14 @@ def test_exported_from_package() -> None:
     assert issubclass(ts.JetStreamError, ts.Error)
     assert issubclass(ts.InvalidArgumentError, ValueError) and issubclass(ts.MsgAlreadyAckedError, ts.Error)
     assert isinstance(concurrent.futures.Future(), concurrent.futures.Future)
+
+
+def test_readme_jetstream_block_runs(js: ts.JetStream, jsbus: ts.MessageBus, capsys: object) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "bus.jetstream()" in b]
+    assert len(blocks) == 1
+    exec(blocks[0], {"bus": jsbus})  # noqa: S102 - the README's own example
+    assert js.stream_info("TELEMETRY").state.messages == 11
