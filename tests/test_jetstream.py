@@ -295,8 +295,10 @@ def test_publish_without_stream_is_no_responders(js: ts.JetStream) -> None:
 
 def test_publish_retries_while_stream_appears(js: ts.JetStream, jsbus: ts.MessageBus) -> None:
     """No responders while the stream comes up (a leader being elected): the publish retries."""
-    threading.Timer(0.3, lambda: jsbus.jetstream().create_stream("LATE", subjects=["late"])).start()
+    later = threading.Timer(0.3, lambda: jsbus.jetstream().create_stream("LATE", subjects=["late"]))
+    later.start()
     ack = js.publish("late", b"x", retry_attempts=20, retry_wait=0.1, timeout=5)
+    later.join(5)
     assert ack.stream == "LATE" and ack.seq == 1
 
 
@@ -486,9 +488,11 @@ def test_fetch_returns_early_with_what_is_ready(js: ts.JetStream, stream: str) -
     for m in msgs:
         m.ack()
     # Nothing ready: waits, and returns as soon as one arrives.
-    threading.Timer(0.3, lambda: js.publish("t.a", {"i": 99})).start()
+    later = threading.Timer(0.3, lambda: js.publish("t.a", {"i": 99}))
+    later.start()
     start = time.monotonic()
     msgs = c.fetch(100, timeout=5)
+    later.join(5)
     assert [m.data for m in msgs] == [{"i": 99}] and 0.2 < time.monotonic() - start < 2
     msgs[0].ack()
     # Nothing at all: an empty list after the timeout, no exception.
@@ -530,11 +534,13 @@ def test_fetch_from_deleted_consumer(js: ts.JetStream, stream: str) -> None:
 
 def test_fetch_sees_consumer_deleted_while_waiting(js: ts.JetStream, stream: str) -> None:
     c = js.create_consumer(stream, durable="gone2")
-    threading.Timer(0.3, lambda: js.delete_consumer(stream, "gone2")).start()
+    later = threading.Timer(0.3, lambda: js.delete_consumer(stream, "gone2"))
+    later.start()
     start = time.monotonic()
     with pytest.raises(ts.ConsumerDeletedError):
         c.fetch(5, timeout=5)
     assert time.monotonic() - start < 3
+    later.join(5)
 
 
 # --- messages and acknowledgements -------------------------------------------------------------
@@ -650,9 +656,11 @@ def test_eight_threads_fetch_each_message_once(js: ts.JetStream, stream: str) ->
 
 def test_fetch_on_closed_bus(js: ts.JetStream, jsbus: ts.MessageBus, stream: str) -> None:
     c = js.create_consumer(stream, durable="cl")
-    threading.Timer(0.2, jsbus.close).start()
+    later = threading.Timer(0.2, jsbus.close)
+    later.start()
     with pytest.raises(ts.ConnectionClosedError):
         c.fetch(1, timeout=5)
+    later.join(5)
     with pytest.raises(ts.ConnectionClosedError):
         js.stream_names()
 
