@@ -691,3 +691,10 @@ def test_readme_jetstream_block_runs(js: ts.JetStream, jsbus: ts.MessageBus, cap
     assert len(blocks) == 1
     exec(blocks[0], {"bus": jsbus})  # noqa: S102 - the README's own example
     assert js.stream_info("TELEMETRY").state.messages == 11
+
+
+def test_fetch_inboxes_are_shared_and_bounded(js: ts.JetStream, jsbus: ts.MessageBus, stream: str) -> None:
+    js.create_consumer(stream, durable="pool")
+    for _ in range(40):  # a new Consumer object each time, as a script in a loop would make
+        js.consumer(stream, "pool").fetch(1, timeout=0.01)
+    assert len(jsbus.subscriptions) == 1  # one reused reply inbox, not one per object or fetch

@@ -135,7 +135,7 @@ def test_consume_drain_delivers_what_arrived(js: ts.JetStream) -> None:
     assert len(got.seqs) >= 50 and got.seqs == list(range(1, len(got.seqs) + 1))
 
 
-def test_consume_ends_when_consumer_deleted(js: ts.JetStream) -> None:
+def test_consume_ends_when_consumer_deleted(js: ts.JetStream, jsbus: ts.MessageBus) -> None:
     c = js.create_consumer("T", durable="del")
     errors = ErrorLog()
     cc = c.consume(lambda m: m.ack(), error_handler=errors, expires=2, heartbeat=0.5)
@@ -144,6 +144,7 @@ def test_consume_ends_when_consumer_deleted(js: ts.JetStream) -> None:
     assert cc.join(5)
     assert isinstance(cc.error, ts.ConsumerDeletedError)
     errors.wait(ts.ConsumerDeletedError, 1)
+    assert jsbus.subscriptions == []  # its pull inbox is gone with it
 
 
 def test_consume_missing_consumer_reported_and_retried(js: ts.JetStream) -> None:

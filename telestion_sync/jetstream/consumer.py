@@ -230,7 +230,7 @@ class Consumer(_Puller):
         self.name = name
         self.cached_info = info
         self._subject = f"{js.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{name}"
-        self._pool = _InboxPool(js.bus)
+        self._pool = js._inbox_pool
 
     def __repr__(self) -> str:
         return f"<Consumer {self.stream}/{self.name}>"
@@ -368,10 +368,11 @@ class _Pump:
         self.stopped = True
         self.done = True
         self._remove_listener()
-        try:
-            self.sub.unsubscribe()
-        except Error:
-            pass
+        if self.sub.is_valid or self.sub.pending:
+            try:
+                self.sub.unsubscribe()
+            except Error:
+                pass
 
     def stop_pulling(self) -> None:
         """For drain: no more pulls; what arrived is still handed out."""
@@ -588,6 +589,7 @@ class ConsumeContext:
                     err.__cause__ = exc
                     pump.report(err)
         finally:
+            pump.stop()  # e.g. the consumer was deleted: its subscription and listener go too
             self.closed.set()
 
     @property
@@ -632,8 +634,10 @@ class MessagesIterator:
             if m is not None:
                 return m
             if self._pump.error is not None:
+                self._pump.stop()
                 raise self._pump.error
             if self._pump.done:
+                self._pump.stop()
                 raise StopIteration
 
     def next(self, timeout: Optional[float] = None) -> JetStreamMessage:
@@ -646,8 +650,10 @@ class MessagesIterator:
             if m is not None:
                 return m
             if self._pump.error is not None:
+                self._pump.stop()
                 raise self._pump.error
             if self._pump.done:
+                self._pump.stop()
                 raise SubscriptionClosedError("the messages iterator was stopped or the bus closed")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no message from {self._pump.puller.stream} within {timeout} s")

@@ -123,6 +123,11 @@ class JetStream:
         self._publisher = AsyncPublisher(
             self, check_count(publish_async_max_pending, "publish_async_max_pending")
         )
+        from .consumer import _InboxPool
+
+        # Reply inboxes for fetches, shared by all consumers of this context (any pull request
+        # may answer to any inbox; the pool is bounded, so consumer objects never leak them).
+        self._inbox_pool = _InboxPool(bus)
         self._direct: Dict[str, bool] = {}  # stream -> allow_direct, learnt from infos
         self._direct_lock = threading.Lock()
 

@@ -23,7 +23,6 @@ from .consumer import (
     ConsumeContext,
     ErrorHandler,
     MessagesIterator,
-    _InboxPool,
     _Puller,
     _Pump,
     fetch_batch,
@@ -56,7 +55,7 @@ class OrderedConsumer(_Puller):
         self._expected = 1  # the next consumer sequence of the current consumer
         self.last_stream_seq = 0  # the stream sequence last handed out
         self._initial_pending = -1
-        self._pool = _InboxPool(js.bus)
+        self._pool = js._inbox_pool
         self._lock = threading.Lock()  # one fetch/next at a time (ordering)
         self._active: Optional[_Pump] = None
         self.resets = 0
@@ -227,6 +226,5 @@ class OrderedConsumer(_Puller):
         """Stop what runs and delete the current server-side consumer (without waiting)."""
         if self._active is not None:
             self._active.stop()
-        self._pool.close()
         if self.name:
             self._delete_quietly(self.name)
