@@ -57,7 +57,7 @@ def _expires_for(timeout: float) -> float:
 
 def _msg_size(m: Message) -> int:
     size = len(m.payload) + len(m.subject) + len(m.reply or "")
-    h = m._headers
+    h = m.headers
     if h:
         size += sum(len(k) + len(v) + 4 for k, v in h.items()) + 12
     return size
