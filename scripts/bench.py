@@ -883,9 +883,292 @@ def run_driver(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# JetStream (--jetstream): telestion_sync's JetStream against nats-py's JetStream API
+#
+# One JetStream server (memory-stored streams, so disk noise stays out); the driver fills the
+# stream BENCH_READ once (JS_READ_N x 16 B) for the read tests; every worker reads it through a
+# consumer of its own, and the publish tests write into BENCH_PUB (purged before each worker).
+#
+# - js_publish        publish with ack, one at a time (msg/s)
+# - js_publish_async  publish_async with the default 4000-ack window, until all acked (msg/s)
+# - js_fetch          fetch in batches of 100 from a durable pull consumer, ack each (msg/s)
+# - js_consume        consume() with a callback that acks (nats-py: its push subscription with
+#                     a callback and manual acks, nats-py having no pull consume) (msg/s)
+# - js_ordered        ordered replay of the whole stream (nats-py: ordered_consumer=True) (msg/s)
+
+JS_TESTS = ["js_publish", "js_publish_async", "js_fetch", "js_consume", "js_ordered"]
+JS_CLIENTS = ["telestion_sync", "nats-py"]
+JS_READ_N = 100_000
+JS_FULL = {
+    "js_publish": 5_000,
+    "js_publish_async": 100_000,
+    "js_fetch": 100_000,
+    "js_consume": 100_000,
+    "js_ordered": 100_000,
+}
+JS_QUICK = {
+    "js_publish": 1_000,
+    "js_publish_async": 20_000,
+    "js_fetch": 20_000,
+    "js_consume": 20_000,
+    "js_ordered": 100_000,
+}
+JS_METRICS = [
+    Metric("js_publish", "rate", "JetStream publish+ack msg/s (one at a time)", "{:,.0f}", True, 1.2),
+    Metric("js_publish_async", "rate", "JetStream publish_async msg/s", "{:,.0f}", True, 1.5),
+    Metric("js_fetch", "rate", "JetStream fetch(100)+ack msg/s", "{:,.0f}", True, 1.5),
+    Metric("js_consume", "rate", "JetStream consume()+ack msg/s", "{:,.0f}", True, 1.5),
+    Metric("js_ordered", "rate", "JetStream ordered replay msg/s (100k stored)", "{:,.0f}", True, 1.5),
+]
+
+
+def ts_js_worker(test: str, url: str, n: int) -> Dict[str, Any]:
+    import telestion_sync as ts
+
+    payload = b"x" * 16
+    bus = ts.connect(url, name=f"bench-{test}")
+    js = bus.jetstream(timeout=30)
+    try:
+        if test == "js_publish":
+            t0 = time.perf_counter()
+            for _ in range(n):
+                js.publish("bench.pub", payload)
+            el = time.perf_counter() - t0
+        elif test == "js_publish_async":
+            t0 = time.perf_counter()
+            for _ in range(n):
+                js.publish_async("bench.pub", payload)
+            js.publish_async_complete(120)
+            el = time.perf_counter() - t0
+        elif test == "js_fetch":
+            c = js.create_consumer("BENCH_READ", durable=f"ts_fetch_{os.getpid()}", max_ack_pending=-1)
+            got = 0
+            t0 = time.perf_counter()
+            while got < n:
+                for m in c.fetch(100, timeout=10):
+                    m.ack()
+                    got += 1
+            bus.flush()
+            el = time.perf_counter() - t0
+        elif test == "js_consume":
+            c = js.create_consumer("BENCH_READ", durable=f"ts_consume_{os.getpid()}", max_ack_pending=-1)
+            done = threading.Event()
+            count = [0]
+
+            def cb(m: Any) -> None:
+                m.ack()
+                count[0] += 1
+                if count[0] == n:
+                    done.set()
+
+            t0 = time.perf_counter()
+            cc = c.consume(cb)
+            if not done.wait(120):
+                raise RuntimeError(f"consume saw {count[0]} of {n}")
+            bus.flush()
+            el = time.perf_counter() - t0
+            cc.stop()
+        elif test == "js_ordered":
+            t0 = time.perf_counter()
+            oc = js.ordered_consumer("BENCH_READ")
+            got = 0
+            for _m in oc.messages():
+                got += 1
+                if got == n:
+                    break
+            el = time.perf_counter() - t0
+            oc.close()
+        else:
+            raise ValueError(test)
+    finally:
+        bus.close()
+    return {"ok": True, "rate": n / el, "seconds": el}
+
+
+async def natspy_js_worker(test: str, url: str, n: int) -> Dict[str, Any]:
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    payload = b"x" * 16
+    nc = await nats.connect(url, name=f"bench-{test}")
+    js = nc.jetstream(timeout=30)
+    try:
+        if test == "js_publish":
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await js.publish("bench.pub", payload)
+            el = time.perf_counter() - t0
+        elif test == "js_publish_async":
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await js.publish_async("bench.pub", payload)
+            await js.publish_async_completed()
+            el = time.perf_counter() - t0
+        elif test == "js_fetch":
+            durable = f"py_fetch_{os.getpid()}"
+            await js.add_consumer(
+                "BENCH_READ",
+                ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1),
+            )
+            sub = await js.pull_subscribe_bind(durable, stream="BENCH_READ")
+            got = 0
+            t0 = time.perf_counter()
+            while got < n:
+                for m in await sub.fetch(100, timeout=10):
+                    await m.ack()
+                    got += 1
+            await nc.flush()
+            el = time.perf_counter() - t0
+        elif test == "js_consume":
+            done = asyncio.Event()
+            count = [0]
+
+            async def cb(m: Any) -> None:
+                await m.ack()
+                count[0] += 1
+                if count[0] == n:
+                    done.set()
+
+            t0 = time.perf_counter()
+            sub = await js.subscribe(
+                "bench.read",
+                durable=f"py_consume_{os.getpid()}",
+                cb=cb,
+                manual_ack=True,
+                config=ConsumerConfig(max_ack_pending=-1),
+                pending_msgs_limit=-1,
+            )
+            await asyncio.wait_for(done.wait(), 120)
+            await nc.flush()
+            el = time.perf_counter() - t0
+            await sub.unsubscribe()
+        elif test == "js_ordered":
+            done = asyncio.Event()
+            count = [0]
+
+            async def ocb(m: Any) -> None:
+                count[0] += 1
+                if count[0] == n:
+                    done.set()
+
+            t0 = time.perf_counter()
+            sub = await js.subscribe("bench.read", ordered_consumer=True, cb=ocb)
+            await asyncio.wait_for(done.wait(), 120)
+            el = time.perf_counter() - t0
+            await sub.unsubscribe()
+        else:
+            raise ValueError(test)
+    finally:
+        await nc.close()
+    return {"ok": True, "rate": n / el, "seconds": el}
+
+
+def run_js_worker(args: argparse.Namespace) -> int:
+    try:
+        if args.client == "telestion_sync":
+            res = ts_js_worker(args.test, args.url, args.n)
+        else:
+            res = asyncio.run(natspy_js_worker(args.test, args.url, args.n))
+    except Exception as exc:
+        res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(res), flush=True)
+    return 0
+
+
+def run_js_driver(args: argparse.Namespace) -> int:
+    """The JetStream comparison: its own server, its own streams, its own report."""
+    import telestion_sync as ts
+    from telestion_sync.server import NatsServer
+
+    counts = JS_QUICK if args.quick else JS_FULL
+    tests = [t for t in JS_TESTS if not args.only or t in args.only.split(",")]
+    clients = [c for c in JS_CLIENTS if client_available(c)[0]]
+    started = time.monotonic()
+    results: Results = {t: {c: [] for c in clients} for t in tests}
+    with NatsServer(jetstream=True) as server, ts.connect(server.url) as bus:
+        js = bus.jetstream(timeout=30)
+        js.create_stream("BENCH_PUB", subjects=["bench.pub"], storage="memory")
+        js.create_stream("BENCH_READ", subjects=["bench.read"], storage="memory")
+        for _ in range(max(JS_READ_N, max(counts[t] for t in ("js_fetch", "js_consume", "js_ordered")))):
+            js.publish_async("bench.read", b"x" * 16)
+        js.publish_async_complete(120)
+        held = js.stream_info("BENCH_READ").state.messages
+        print(f"JetStream server at {server.url}; BENCH_READ holds {held:,}", flush=True)
+        for rnd in range(args.rounds):
+            order = clients[rnd % len(clients) :] + clients[: rnd % len(clients)]
+            for test in tests:
+                for c in order:
+                    js.purge_stream("BENCH_PUB")
+                    cmd = [
+                        sys.executable,
+                        os.path.abspath(__file__),
+                        "--role",
+                        "js-worker",
+                        "--client",
+                        c,
+                        "--test",
+                        test,
+                        "--url",
+                        server.url,
+                        "--n",
+                        str(counts[test]),
+                    ]
+                    t0 = time.monotonic()
+                    try:
+                        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                        lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
+                        res = json.loads(lines[-1]) if lines else {"ok": False, "error": cp.stderr[-300:]}
+                    except subprocess.TimeoutExpired:
+                        res = {"ok": False, "error": f"timeout {args.timeout:g} s"}
+                    results[test][c].append(res)
+                    shown = f"{res['rate']:,.0f} msg/s" if res.get("ok") else f"ERROR {res.get('error')}"
+                    took = time.monotonic() - t0
+                    print(
+                        f"[round {rnd + 1}/{args.rounds} {took:5.1f} s] {test:<17} {c:<14} {shown}",
+                        flush=True,
+                    )
+                    for info in js.consumers("BENCH_READ"):  # each worker's durable goes
+                        js.delete_consumer("BENCH_READ", info.name)
+    lines = [
+        "## JetStream benchmark",
+        "",
+        "command: " + " ".join(shlex.quote(a) for a in ["python", os.path.relpath(__file__), *sys.argv[1:]]),
+        f"memory-stored streams, 16 B payloads, {args.rounds} rounds, clients interleaved; "
+        f"wall time {time.monotonic() - started:.0f} s",
+        "",
+        "| metric | telestion_sync | nats-py | ratio per round | median ratio | target | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    misses = 0
+    for m in JS_METRICS:
+        if m.test not in tests:
+            continue
+        a = values(results, m.test, "telestion_sync", m.key)
+        b = values(results, m.test, "nats-py", m.key)
+        per = [x / y if x and y else None for x, y in zip(a, b)]
+        med = median(per)
+        ok = med is not None and m.passes(med)
+        misses += not ok
+        lines.append(
+            f"| {m.label} | {fmt_num(median(a))} | {fmt_num(median(b))} | "
+            + ", ".join(fmt_ratio(r) for r in per)
+            + f" | {fmt_ratio(med)} | {m.target_text()} | {'PASS' if ok else 'FAIL'} |"
+        )
+    print("\n".join(lines))
+    return 0 if misses == 0 else 1
+
+
+def fmt_num(v: Optional[float]) -> str:
+    return "error" if v is None else f"{v:,.0f}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--role", choices=["driver", "worker", "responder"], default="driver")
+    p.add_argument("--role", choices=["driver", "worker", "responder", "js-worker"], default="driver")
+    p.add_argument(
+        "--jetstream", action="store_true", help=f"run the JetStream comparison ({','.join(JS_TESTS)})"
+    )
     p.add_argument("--rounds", type=int, default=3, help="rounds of every test and client (3)")
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run under a minute")
     p.add_argument("--only", default="", help=f"comma-separated tests out of {','.join(TESTS)}")
@@ -899,7 +1182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per worker subprocess")
     # worker/responder options
     p.add_argument("--client", choices=CLIENTS, help=argparse.SUPPRESS)
-    p.add_argument("--test", choices=TESTS, help=argparse.SUPPRESS)
+    p.add_argument("--test", choices=TESTS + JS_TESTS, help=argparse.SUPPRESS)
     p.add_argument("--url", default="nats://127.0.0.1:4222", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=1000, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=16, help=argparse.SUPPRESS)
@@ -911,6 +1194,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_worker(args)
     if args.role == "responder":
         return run_responder(args)
+    if args.role == "js-worker":
+        return run_js_worker(args)
+    if args.jetstream:
+        return run_js_driver(args)
     return run_driver(args)
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
+from . import cli_jetstream
 from ._version import __version__
 from .client import MessageBus, connect
 from .errors import (
@@ -267,6 +268,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             user=args.user,
             password=args.password,
             jetstream=args.jetstream,
+            store_dir=args.store_dir,
         )
         nodes = cluster.nodes
         # The ports given are the first node's (clients connect there and discover the rest);
@@ -289,6 +291,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                 monitor_port=args.monitor_port or None,
                 websocket_port=args.websocket_port or None,
                 jetstream=args.jetstream,
+                store_dir=args.store_dir,
             )
         ]
     stop = threading.Event()
@@ -314,7 +317,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             if node.websocket_port:
                 print(f"  websocket  ws://{node.host}:{node.websocket_port}")
         if args.jetstream:
-            print("  JetStream enabled")
+            print(f"  JetStream enabled, store in {os.path.abspath(args.store_dir)}")
         if args.user is not None:
             print(f"  user {args.user!r} required (password hidden)")
         print("press Ctrl-C to stop", flush=True)
@@ -547,6 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password", default=None)
     p.add_argument("--jetstream", action="store_true")
     p.add_argument(
+        "--store-dir",
+        default="jetstream",
+        help="where JetStream keeps its data, kept after the server stops (default ./jetstream)",
+    )
+    p.add_argument(
         "--cluster",
         type=_positive_int,
         default=None,
@@ -604,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, default=16, help="payload bytes (default 16)")
     _add_connection_options(p)
     p.set_defaults(func=cmd_bench)
+    cli_jetstream.add_parsers(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import codecs as _codecs
 from .auth import Credentials, Secret
@@ -83,6 +83,9 @@ from .subscription import (
     wake_all,
 )
 from .tls import tls_context
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .jetstream import JetStream
 
 log = logging.getLogger("telestion_sync.client")
 
@@ -583,6 +586,15 @@ class MessageBus(Handler):
     def new_inbox(self) -> str:
         """A unique subject to receive replies on."""
         return f"{self._inbox_prefix}.{secrets.token_hex(11)}"
+
+    def jetstream(
+        self, *, domain: Optional[str] = None, api_prefix: Optional[str] = None, timeout: float = 5.0
+    ) -> JetStream:
+        """A :class:`~telestion_sync.JetStream` context on this bus (streams, acknowledged
+        publishes, consumers); ``domain``/``api_prefix`` reach another JetStream domain."""
+        from .jetstream import JetStream
+
+        return JetStream(self, domain=domain, api_prefix=api_prefix, timeout=timeout)
 
     # --- subscribing -------------------------------------------------------------------------
 

@@ -110,6 +110,7 @@ class NatsServer:
         websocket_port: Optional[int] = None,
         websocket_tls: Optional[str] = None,
         websocket_compression: bool = False,
+        store_dir: Optional[str] = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -127,6 +128,9 @@ class NatsServer:
         self.websocket_compression = websocket_compression  # permessage-deflate offered
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._dir = tempfile.mkdtemp(prefix="telestion-sync-nats-")
+        #: Where JetStream keeps its data: ``store_dir`` (kept after the server stops), by
+        #: default a directory in the server's temp dir (removed with it).
+        self.store_dir = os.path.abspath(store_dir) if store_dir else os.path.join(self._dir, "js")
         self.log_path = os.path.join(self._dir, "server.log")
         self._pid_path = os.path.join(self._dir, "server.pid")
 
@@ -162,7 +166,7 @@ class NatsServer:
                 ws.append("compression: true")
             conf.append("websocket {\n  " + "\n  ".join(ws) + "\n}")
         if self.jetstream:
-            conf.append(f"jetstream {{ store_dir: {_quote(os.path.join(self._dir, 'js'))} }}")
+            conf.append(f"jetstream {{ store_dir: {_quote(self.store_dir)} }}")
         if self.config:
             conf.append(self.config)
         path = os.path.join(self._dir, "server.conf")
@@ -311,6 +315,7 @@ class NatsCluster:
         websocket: bool = False,
         websocket_tls: Optional[str] = None,
         websocket_compression: bool = False,
+        store_dir: Optional[str] = None,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -332,6 +337,8 @@ class NatsCluster:
                     websocket_port=free_port(host) if websocket or websocket_tls else None,
                     websocket_tls=websocket_tls,
                     websocket_compression=websocket_compression,
+                    # one store per node (they must never share one)
+                    store_dir=os.path.join(store_dir, f"{name}-{i}") if store_dir else None,
                 )
             )
 

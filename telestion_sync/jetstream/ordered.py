@@ -1,0 +1,230 @@
+"""Ordered consumers: replay a stream (or some subjects) in order, each message once.
+
+An ordered consumer is a chain of ephemeral, memory-stored, ack-none consumers. Each message's
+consumer sequence must be one more than the last; on a gap, a missed heartbeat, a lost or
+deleted consumer or a reconnect the chain starts over with a new consumer from the last stream
+sequence handed out + 1, so the user sees no gap and no duplicate (messages of an abandoned
+consumer are dropped by name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
+
+from ..errors import Error, TimeoutError
+from .consumer import (
+    ACCEPT,
+    DROP,
+    RESET,
+    ConsumeContext,
+    ErrorHandler,
+    MessagesIterator,
+    _Puller,
+    _Pump,
+    fetch_batch,
+)
+from .context import check_count, check_timeout
+from .errors import InvalidArgumentError, JetStreamError
+from .message import JetStreamMessage, ack_sequences
+from .models import ConsumerConfig, ConsumerInfo, from_json, to_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import JetStream
+
+log = logging.getLogger("telestion_sync.jetstream.ordered")
+
+
+class OrderedConsumer(_Puller):
+    """An ordered replay of a stream (``js.ordered_consumer(...)``): ``fetch``, ``next``,
+    ``consume`` and ``messages`` like a :class:`Consumer`, one at a time; nothing to ack."""
+
+    ordered = True
+
+    def __init__(self, js: JetStream, stream: str, template: ConsumerConfig, prefix: str) -> None:
+        self.js = js
+        self.stream = stream
+        self._template = template
+        self._prefix = prefix
+        self._serial = 0
+        self.name = ""
+        self._subject = ""
+        self._expected = 1  # the next consumer sequence of the current consumer
+        self.last_stream_seq = 0  # the stream sequence last handed out
+        self._initial_pending = -1
+        self._pool = js._inbox_pool
+        self._lock = threading.Lock()  # one fetch/next at a time (ordering)
+        self._active: Optional[_Pump] = None
+        self.resets = 0
+
+    def __repr__(self) -> str:
+        return f"<OrderedConsumer {self.stream}/{self.name} last_seq={self.last_stream_seq}>"
+
+    def _next_subject(self) -> str:
+        return self._subject
+
+    def _check(self, msg: JetStreamMessage) -> int:
+        seqs = ack_sequences(msg.msg.reply)
+        if seqs is None or seqs[0] != self.name:
+            return DROP  # from a consumer abandoned by a reset
+        _, sseq, cseq = seqs
+        if cseq != self._expected:
+            log.debug(
+                "ordered consumer %s: consumer seq %d, expected %d: reset", self.name, cseq, self._expected
+            )
+            return RESET
+        self._expected = cseq + 1
+        if sseq <= self.last_stream_seq:
+            return DROP  # never twice
+        self.last_stream_seq = sseq
+        return ACCEPT
+
+    def _config(self) -> ConsumerConfig:
+        cfg = dataclasses.replace(self._template)
+        cfg.name = f"{self._prefix}_{self._serial}"
+        cfg.ack_policy = "none"
+        cfg.max_deliver = 1
+        cfg.mem_storage = True
+        cfg.replicas = 1
+        if self.last_stream_seq > 0:
+            cfg.deliver_policy = "by_start_sequence"
+            cfg.opt_start_seq = self.last_stream_seq + 1
+            cfg.opt_start_time = None
+        elif cfg.deliver_policy is None:
+            if cfg.opt_start_seq:
+                cfg.deliver_policy = "by_start_sequence"
+            elif cfg.opt_start_time is not None:
+                cfg.deliver_policy = "by_start_time"
+        return cfg
+
+    def _reset(self, timeout: float) -> bool:
+        """Start over with a new consumer from the last sequence + 1; False if that failed
+        (the caller tries again later)."""
+        old = self.name
+        self._serial += 1
+        cfg = self._config()
+        body = {"stream_name": self.stream, "config": to_json(cfg), "action": "create"}
+        try:
+            resp = self.js.api(f"CONSUMER.CREATE.{self.stream}.{cfg.name}", body, timeout)
+        except (Error, OSError) as exc:
+            if self._serial == 1:
+                raise  # the first creation: the caller's arguments may be wrong
+            log.info("ordered consumer on %s: recreating failed (%s); will retry", self.stream, exc)
+            return False
+        resp.pop("type", None)
+        info = from_json(ConsumerInfo, resp)
+        if self._serial == 1:
+            self._initial_pending = info.num_pending
+        else:
+            self.resets += 1
+        self.name = cfg.name or ""
+        self._subject = f"{self.js.api_prefix}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
+        self._expected = 1
+        if old:
+            self._delete_quietly(old)
+        return True
+
+    def _delete_quietly(self, name: str) -> None:
+        """Remove an abandoned consumer without waiting for the answer (it would expire
+        after ``inactive_threshold`` anyway)."""
+        try:
+            self.js.bus.publish(f"{self.js.api_prefix}.CONSUMER.DELETE.{self.stream}.{name}", b"")
+        except Error:
+            pass
+
+    def _busy(self) -> None:
+        if self._active is not None and not self._active.done:
+            raise InvalidArgumentError(
+                "an ordered consumer serves one consume()/messages() at a time; stop it first"
+            )
+
+    def fetch(self, batch: int = 1, timeout: float = 5.0) -> List[JetStreamMessage]:
+        """Up to ``batch`` messages in order (fewer or none when the time is up)."""
+        check_count(batch, "batch")
+        timeout = check_timeout(timeout)
+        self._busy()
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(True, timeout):
+            return []
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    msgs, reset = fetch_batch(self, self._pool, batch, max(left, 0.0), None)
+                except JetStreamError:
+                    msgs, reset = [], True
+                if reset:
+                    while not self._reset(max(0.05, min(self.js.timeout, deadline - time.monotonic()))):
+                        if time.monotonic() >= deadline:
+                            return msgs
+                        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+                if msgs or time.monotonic() >= deadline:
+                    return msgs
+        finally:
+            self._lock.release()
+
+    def next(self, timeout: float = 5.0) -> JetStreamMessage:
+        """The next message in order; ``ts.TimeoutError`` when none came in time."""
+        msgs = self.fetch(1, timeout)
+        if not msgs:
+            raise TimeoutError(f"no message from ordered consumer on {self.stream!r} within {timeout} s")
+        return msgs[0]
+
+    def _pump(self, options: Any) -> _Pump:
+        self._busy()
+        pump = _Pump(self, **options)
+        self._active = pump
+        return pump
+
+    def consume(
+        self,
+        callback: Callable[[JetStreamMessage], Any],
+        *,
+        max_messages: int = 500,
+        expires: float = 30.0,
+        heartbeat: Optional[float] = None,
+        error_handler: Optional[ErrorHandler] = None,
+    ) -> ConsumeContext:
+        """Call ``callback(msg)`` for each message in stream order until stopped."""
+        if not callable(callback):
+            raise InvalidArgumentError("callback must be callable")
+        opts = dict(
+            max_messages=max_messages,
+            max_bytes=None,
+            expires=expires,
+            heartbeat=heartbeat,
+            error_handler=error_handler,
+        )
+        return ConsumeContext(self._pump(opts), callback)
+
+    def messages(
+        self,
+        *,
+        max_messages: int = 500,
+        expires: float = 30.0,
+        heartbeat: Optional[float] = None,
+        error_handler: Optional[ErrorHandler] = None,
+    ) -> MessagesIterator:
+        """A blocking iterator over the messages in stream order."""
+        opts = dict(
+            max_messages=max_messages,
+            max_bytes=None,
+            expires=expires,
+            heartbeat=heartbeat,
+            error_handler=error_handler,
+        )
+        return MessagesIterator(self._pump(opts))
+
+    def info(self, timeout: Optional[float] = None) -> Any:
+        """The info of the consumer currently behind this ordered consumer."""
+        return self.js.consumer_info(self.stream, self.name, timeout=timeout)
+
+    def close(self) -> None:
+        """Stop what runs and delete the current server-side consumer (without waiting)."""
+        if self._active is not None:
+            self._active.stop()
+        if self.name:
+            self._delete_quietly(self.name)

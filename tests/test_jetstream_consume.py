@@ -1,0 +1,448 @@
+"""JetStream consume(), messages(), ordered consumers and history: heartbeats, status
+messages, reconnects and server restarts (kill -9, same store dir) on real servers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Iterator, List, Set
+
+import pytest
+
+import telestion_sync as ts
+from telestion_sync.server import NatsServer
+
+from .conftest import ErrorLog, wait_until
+from .proxy import TCPProxy
+
+
+@pytest.fixture
+def js_server() -> Iterator[NatsServer]:
+    with NatsServer(jetstream=True) as srv:
+        yield srv
+
+
+def _connect(url: str) -> ts.MessageBus:
+    # Fast reconnects: restart tests should not wait on the default 2 s back-off.
+    return ts.connect(url, reconnect_time_wait=0.1, max_reconnect_attempts=-1, on_error=lambda e: None)
+
+
+@pytest.fixture
+def jsbus(js_server: NatsServer) -> Iterator[ts.MessageBus]:
+    b = _connect(js_server.url)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def js(jsbus: ts.MessageBus) -> ts.JetStream:
+    js = jsbus.jetstream()
+    js.create_stream("T", subjects=["t.>"])
+    return js
+
+
+def _publish(js: ts.JetStream, n: int, subject: str = "t.a", start: int = 0) -> None:
+    for i in range(start, start + n):
+        js.publish_async(subject, {"i": i})
+    js.publish_async_complete(20)
+
+
+class Collector:
+    """Collects stream sequences from a callback; wait() until a count is reached."""
+
+    def __init__(self, ack: bool = True) -> None:
+        self.seqs: List[int] = []
+        self.cond = threading.Condition()
+        self.ack = ack
+
+    def __call__(self, msg: ts.JetStreamMessage) -> None:
+        if self.ack:
+            msg.ack()
+        with self.cond:
+            self.seqs.append(msg.metadata.sequence.stream)
+            self.cond.notify_all()
+
+    def wait_unique(self, n: int, timeout: float) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(set(self.seqs)) >= n, timeout)
+        assert ok, f"only {len(set(self.seqs))} of {n} distinct messages within {timeout} s"
+
+
+# --- consume ----------------------------------------------------------------------------------
+
+
+def test_consume_all_with_small_batches(js: ts.JetStream) -> None:
+    _publish(js, 1000)
+    c = js.create_consumer("T", durable="c")
+    got = Collector()
+    cc = c.consume(got, max_messages=10)  # re-pulls at half: many pull requests
+    got.wait_unique(1000, 20)
+    cc.stop()
+    assert cc.join(5)
+    assert got.seqs == list(range(1, 1001))  # in order, once each
+    wait_until(lambda: c.info().num_ack_pending == 0, 5, "acks processed")
+
+
+def test_consume_keeps_going_for_new_messages_and_stop_ends_it(js: ts.JetStream) -> None:
+    c = js.create_consumer("T", durable="c")
+    got = Collector()
+    with c.consume(got, expires=2, heartbeat=0.5) as cc:
+        for i in range(5):
+            js.publish("t.a", {"i": i})
+            got.wait_unique(i + 1, 5)
+        time.sleep(2.5)  # past one expiry: the 408 is read and the pull renewed
+        js.publish("t.a", {"i": 5})
+        got.wait_unique(6, 5)
+    assert cc.join(5) and cc.error is None
+    js.publish("t.a", {"i": 6})
+    assert c.fetch(5, 1)[0].data == {"i": 6}  # nothing consumed it after stop
+
+
+def test_consume_callback_error_reported_and_consume_goes_on(js: ts.JetStream) -> None:
+    _publish(js, 3)
+    errors = ErrorLog()
+    seen: List[int] = []
+
+    def cb(msg: ts.JetStreamMessage) -> None:
+        msg.ack()
+        seen.append(msg.data["i"])
+        if msg.data["i"] == 1:
+            raise RuntimeError("boom")
+
+    cc = js.create_consumer("T").consume(cb, error_handler=errors)
+    err = errors.wait(ts.Error, 5)
+    assert "boom" in str(err)
+    wait_until(lambda: len(seen) == 3, 5)
+    cc.stop()
+
+
+def test_consume_drain_delivers_what_arrived(js: ts.JetStream) -> None:
+    _publish(js, 200)
+    c = js.create_consumer("T", durable="d")
+    got = Collector()
+    gate = threading.Event()
+
+    def slow(msg: ts.JetStreamMessage) -> None:
+        gate.wait(5)
+        got(msg)
+
+    cc = c.consume(slow, max_messages=50)
+    wait_until(lambda: c.info().num_ack_pending >= 50, 5, "first batch delivered")
+    threading.Timer(0.2, gate.set).start()
+    cc.drain(timeout=10)
+    assert cc.closed.is_set()
+    assert len(got.seqs) >= 50 and got.seqs == list(range(1, len(got.seqs) + 1))
+
+
+def test_consume_ends_when_consumer_deleted(js: ts.JetStream, jsbus: ts.MessageBus) -> None:
+    c = js.create_consumer("T", durable="del")
+    errors = ErrorLog()
+    cc = c.consume(lambda m: m.ack(), error_handler=errors, expires=2, heartbeat=0.5)
+    time.sleep(0.3)  # let the pull request reach the server
+    js.delete_consumer("T", "del")
+    assert cc.join(5)
+    assert isinstance(cc.error, ts.ConsumerDeletedError)
+    errors.wait(ts.ConsumerDeletedError, 1)
+    assert jsbus.subscriptions == []  # its pull inbox is gone with it
+
+
+def test_consume_missing_consumer_reported_and_retried(js: ts.JetStream) -> None:
+    """A consumer that does not exist (yet): 503s are reported and the pull retried with a
+    growing wait; once it exists, messages flow."""
+    c = js.create_consumer("T", durable="later")
+    js.delete_consumer("T", "later")
+    errors = ErrorLog()
+    got = Collector()
+    cc = c.consume(got, error_handler=errors)
+    errors.wait(ts.ConsumerNotFoundError, 5)
+    js.create_consumer("T", durable="later")
+    js.publish("t.a", {"i": 0})
+    got.wait_unique(1, 10)
+    cc.stop()
+
+
+def test_consume_bus_close_ends_it_and_no_thread_outlives(js_server: NatsServer) -> None:
+    b = _connect(js_server.url)
+    js = b.jetstream()
+    js.create_stream("T", subjects=["t.>"])
+    c = js.create_consumer("T")
+    cc = c.consume(lambda m: None)
+    it = c.messages()
+    b.close()
+    assert cc.join(5)
+    assert list(it) == []
+    assert b.threads == []
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("telestion_sync-js")]
+    assert alive == []
+
+
+# --- messages() -------------------------------------------------------------------------------
+
+
+def test_messages_iterator_and_stop(js: ts.JetStream) -> None:
+    _publish(js, 20)
+    c = js.create_consumer("T", durable="it")
+    it = c.messages(max_messages=7)
+    seen = []
+    for msg in it:
+        msg.ack()
+        seen.append(msg.data["i"])
+        if len(seen) == 20:
+            it.stop()
+    assert seen == list(range(20))
+    with pytest.raises(ts.SubscriptionClosedError):
+        it.next(1)
+
+
+def test_messages_next_timeout_and_threads(js: ts.JetStream) -> None:
+    c = js.create_consumer("T", durable="itn")
+    with c.messages() as it:
+        start = time.monotonic()
+        with pytest.raises(ts.TimeoutError):
+            it.next(timeout=0.4)
+        assert time.monotonic() - start < 1.5
+        _publish(js, 300)
+        seen: List[int] = []
+        lock = threading.Lock()
+
+        def reader() -> None:
+            while True:
+                try:
+                    m = it.next(timeout=1)
+                except ts.TimeoutError:
+                    return
+                m.ack()
+                with lock:
+                    seen.append(m.metadata.sequence.stream)
+
+        threads = [threading.Thread(target=reader) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert sorted(seen) == list(range(1, 301))
+
+
+def test_missed_heartbeats_are_reported_and_the_pull_renewed(js_server: NatsServer) -> None:
+    """A link that silently stalls (no heartbeats, no disconnect noticed): after twice the
+    heartbeat interval the error handler hears of it and, once traffic flows, messages come."""
+    proxy = TCPProxy(js_server.host, js_server.port)
+    try:
+        with ts.connect(proxy.url, ping_interval=60, on_error=lambda e: None) as b:
+            js = b.jetstream()
+            js.create_stream("T", subjects=["t.>"])
+            c = js.create_consumer("T", durable="hb")
+            errors = ErrorLog()
+            got = Collector()
+            cc = c.consume(got, expires=2, heartbeat=0.3, error_handler=errors)
+            js.publish("t.a", {"i": 0})
+            got.wait_unique(1, 5)
+            proxy.stall()
+            errors.wait(ts.NoHeartbeatError, 5)
+            proxy.resume()
+            js.publish("t.a", {"i": 1}, timeout=5)
+            got.wait_unique(2, 10)
+            cc.stop()
+    finally:
+        proxy.close()
+
+
+# --- restarts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["consume", "messages"])
+def test_server_restart_during_consume(js_server: NatsServer, mode: str) -> None:
+    """kill -9 and restart on the same store dir while consuming: every message is processed
+    (unacknowledged ones come back after ack_wait), none is skipped."""
+    total = 3000
+    b = _connect(js_server.url)
+    try:
+        js = b.jetstream()
+        js.create_stream("T", subjects=["t.>"])
+        _publish(js, total)
+        c = js.create_consumer("T", durable="survivor", ack_wait=1.0)
+        collect = Collector()
+        reached, restarted = threading.Event(), threading.Event()
+
+        def got(m: ts.JetStreamMessage) -> None:
+            collect(m)
+            if len(collect.seqs) == 500:  # hold processing here until the server is back
+                reached.set()
+                assert restarted.wait(30)
+
+        stop = threading.Event()
+        if mode == "consume":
+            cc = c.consume(got, max_messages=100)
+        else:
+            it = c.messages(max_messages=100)
+
+            def loop() -> None:
+                for m in it:
+                    got(m)
+                    if stop.is_set():
+                        return
+
+            t = threading.Thread(target=loop)
+            t.start()
+        assert reached.wait(20)
+        js_server.kill()
+        js_server.restart()
+        restarted.set()
+        collect.wait_unique(total, 40)
+        assert set(collect.seqs) == set(range(1, total + 1))
+        assert b.stats.reconnects >= 1
+        # Acks lost in the crash: those messages come back after ack_wait and are acked now.
+        wait_until(lambda: c.info(timeout=2).num_ack_pending == 0, 20, "all acknowledged")
+        stop.set()
+        if mode == "consume":
+            cc.stop()
+        else:
+            it.stop()
+            t.join(5)
+    finally:
+        b.close()
+
+
+@pytest.mark.timeout(60)
+def test_server_restart_during_ordered_replay(js_server: NatsServer) -> None:
+    total = 5000
+    b = _connect(js_server.url)
+    try:
+        js = b.jetstream()
+        js.create_stream("T", subjects=["t.>"])
+        _publish(js, total)
+        oc = js.ordered_consumer("T")
+        seqs: List[int] = []
+        restarted = threading.Event()
+        for m in oc.messages(max_messages=200):
+            seqs.append(m.metadata.sequence.stream)
+            if len(seqs) == 1000 and not restarted.is_set():
+                js_server.kill()
+                js_server.restart()
+                restarted.set()
+            if len(seqs) == total:
+                break
+        assert seqs == list(range(1, total + 1))  # in order, none twice, none skipped
+        assert oc.resets >= 1 and b.stats.reconnects >= 1
+        oc.close()
+    finally:
+        b.close()
+
+
+# --- ordered consumers ------------------------------------------------------------------------
+
+
+def test_ordered_fetch_next_consume(js: ts.JetStream) -> None:
+    _publish(js, 50, "t.a")
+    _publish(js, 50, "t.b", start=50)
+    oc = js.ordered_consumer("T", filter_subjects=["t.b"])
+    first = oc.fetch(10, 2)
+    assert [m.data["i"] for m in first] == list(range(50, 60))
+    assert oc.next(2).data["i"] == 60
+    got: List[int] = []
+    done = threading.Event()
+
+    def cb(m: ts.JetStreamMessage) -> None:
+        got.append(m.data["i"])
+        if m.data["i"] == 99:
+            done.set()
+
+    cc = oc.consume(cb)
+    assert done.wait(10)
+    with pytest.raises(ts.InvalidArgumentError):
+        oc.messages()  # one at a time
+    cc.stop()
+    cc.join(5)
+    assert got == list(range(61, 100))
+    with pytest.raises(ts.TimeoutError):
+        oc.next(0.3)
+    oc.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"deliver_policy": "last"}, [9]),
+        ({"opt_start_seq": 8}, [7, 8, 9]),
+        ({"deliver_policy": "new"}, []),
+    ],
+)
+def test_ordered_start_options(js: ts.JetStream, kwargs: dict, expected: List[int]) -> None:
+    _publish(js, 10)
+    oc = js.ordered_consumer("T", **kwargs)
+    assert [m.data["i"] for m in oc.fetch(20, 0.5)] == expected
+    oc.close()
+
+
+def test_ordered_resets_when_its_consumer_is_deleted(js: ts.JetStream) -> None:
+    _publish(js, 2000)
+    oc = js.ordered_consumer("T")
+    seqs: List[int] = []
+    deleted: Set[str] = set()
+    it = oc.messages(max_messages=100, expires=2, heartbeat=0.5)
+    for m in it:
+        seqs.append(m.metadata.sequence.stream)
+        if len(seqs) in (300, 1200) and oc.name not in deleted:
+            deleted.add(oc.name)
+            js.delete_consumer("T", oc.name)
+        if len(seqs) == 2000:
+            break
+    it.stop()
+    assert seqs == list(range(1, 2001))
+    assert oc.resets >= 2
+    # fetch() after a deletion resets as well.
+    js.delete_consumer("T", oc.name)
+    _publish(js, 5, start=2000)
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 5 and time.monotonic() < deadline:
+        got.extend(m.metadata.sequence.stream for m in oc.fetch(5, 1))
+    assert got == [2001, 2002, 2003, 2004, 2005]
+    oc.close()
+
+
+def test_ordered_consumer_resets_after_reconnect(js_server: NatsServer) -> None:
+    proxy = TCPProxy(js_server.host, js_server.port)
+    try:
+        with ts.connect(proxy.url, reconnect_time_wait=0.1, on_error=lambda e: None) as b:
+            js = b.jetstream()
+            js.create_stream("T", subjects=["t.>"])
+            _publish(js, 500)
+            oc = js.ordered_consumer("T")
+            seqs = []
+            for m in oc.messages(max_messages=50):
+                seqs.append(m.metadata.sequence.stream)
+                if len(seqs) == 100:
+                    proxy.cut()
+                if len(seqs) == 500:
+                    break
+            assert seqs == list(range(1, 501))
+            assert oc.resets >= 1
+            oc.close()
+    finally:
+        proxy.close()
+
+
+def test_history(js: ts.JetStream) -> None:
+    js.publish("t.temp", {"c": 1})
+    js.publish("t.other", {"c": 0})
+    js.publish("t.temp", {"c": 2})
+    t_mid = js.get_msg("T", 3).time
+    assert t_mid is not None
+    js.publish("t.temp", {"c": 3})
+    t_last = js.get_msg("T", 4).time
+    assert t_last is not None
+    assert [m.data["c"] for m in js.history("t.temp")] == [1, 2, 3]
+    assert [m.data["c"] for m in js.history("t.temp", start=t_mid)] == [2, 3]
+    assert [m.data["c"] for m in js.history("t.temp", end=t_mid)] == [1, 2]
+    assert [m.data["c"] for m in js.history("t.temp", start=timedelta(hours=1), stream="T")] == [1, 2, 3]
+    assert js.history("t.temp", start=t_last + timedelta(seconds=1)) == []
+    assert js.history("t.none") == []
+    assert [m.subject for m in js.history("t.*")] == ["t.temp", "t.other", "t.temp", "t.temp"]
+    with pytest.raises(ts.StreamNotFoundError):
+        js.history("unstored.subject")
+    with pytest.raises(ts.InvalidArgumentError, match="start"):
+        js.history("t.temp", start=datetime(2020, 1, 1))
+    assert all(m.metadata.timestamp.tzinfo is timezone.utc for m in js.history("t.temp"))
