@@ -520,16 +520,21 @@ class MessageBus(Handler):
             sb = self._pub_subjects.encode(subject)
         else:
             sb = self._pub_hot.get(subject) or validate_subject(subject, wildcards=False)
+        hb: Optional[bytes] = None
         if type(data) is bytes and codec is None:
             payload = data
         else:
             payload, ctype = self._encode(data, codec)
-            if ctype is not None and not (headers and _codecs.CONTENT_TYPE in headers):
-                headers = {**(headers or {}), _codecs.CONTENT_TYPE: ctype}
+            if ctype is not None:
+                if not headers:
+                    hb = _content_type_block(ctype)  # a constant block, built once per type
+                elif _codecs.CONTENT_TYPE not in headers:
+                    headers = {**headers, _codecs.CONTENT_TYPE: ctype}
         n = len(payload)
         conn = self._conn
         if headers:
             hb = encode_headers(headers)
+        if hb is not None:
             size = n + len(hb)
             if size > conn.max_payload:
                 raise MaxPayloadError(size, conn.max_payload)
@@ -1067,6 +1072,17 @@ class MessageBus(Handler):
             f"<b>{html.escape(repr(self))}</b><br><small>in {s.in_msgs} msgs / {s.in_bytes} B, "
             f"out {s.out_msgs} msgs / {s.out_bytes} B, errors {s.errors}</small>"
         )
+
+
+_CTYPE_BLOCKS: Dict[str, bytes] = {}
+
+
+def _content_type_block(ctype: str) -> bytes:
+    """The header block carrying only ``Content-Type: ctype`` (CBOR publishes), cached."""
+    block = _CTYPE_BLOCKS.get(ctype)
+    if block is None:
+        block = _CTYPE_BLOCKS[ctype] = encode_headers({_codecs.CONTENT_TYPE: ctype})
+    return block
 
 
 def _check_reply(subject: str, msg: Message) -> Message:
