@@ -20,7 +20,11 @@ Tests (payloads are raw bytes for every client; nothing is encoded or decoded):
 - ``rtt1m``     a request with a 1 MiB payload echoed back by the responder (median time)
 - ``churn``     N subscribe + unsubscribe (pull subscriptions where the client has them),
                 including a final flush (total time)
-- ``churn_cb``  the same with a callback per subscription (informational, no target)
+- ``churn_cb``  the same with a callback per subscription
+- ``subs10k``   N (10,000) callback subscriptions on one connection (one subject each):
+                the time to subscribe them all (with a flush at its default timeout), then the
+                time until 10 messages to each (published by a second connection) have all
+                reached their callbacks, the RSS afterwards and the most threads seen
 - ``memory``    a pull subscription (nobody consuming) holding 100k pending 16 B messages: the
                 process RSS (VmRSS); target for telestion_sync < 100 MB
 - ``ws_publish``, ``ws_pubsub``, ``ws_request``: ``publish``, ``pubsub`` and ``request`` over
@@ -50,7 +54,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 CLIENTS = ["telestion_sync", "nats-py", "pynats2"]
-TESTS = ["publish", "pubsub", "request", "rtt1m", "churn", "churn_cb", "memory"]
+TESTS = ["publish", "pubsub", "request", "rtt1m", "churn", "churn_cb", "subs10k", "memory"]
 #: The WebSocket rows: the same measurement as the TCP test named, over the server's ws:// port.
 WS_TESTS = {"ws_publish": "publish", "ws_pubsub": "pubsub", "ws_request": "request"}
 TESTS += list(WS_TESTS)
@@ -67,6 +71,7 @@ FULL: Dict[str, Dict[str, int]] = {
     "rtt1m": {"n": 40, "size": MIB, "warmup": 3},
     "churn": {"n": 1_000, "size": 0, "warmup": 0},
     "churn_cb": {"n": 1_000, "size": 0, "warmup": 0},
+    "subs10k": {"n": 10_000, "size": 16, "warmup": 10},  # warmup: messages per subscription
     "memory": {"n": 100_000, "size": 16, "warmup": 0},
 }
 FULL.update({ws: dict(FULL[tcp]) for ws, tcp in WS_TESTS.items()})
@@ -78,12 +83,14 @@ _QUICK_COUNTS: Dict[str, Dict[str, int]] = {
     "rtt1m": {"n": 8, "warmup": 1},
     "churn": {"n": 200},
     "churn_cb": {"n": 200},
+    "subs10k": {"n": 2_000},
 }
 _QUICK_COUNTS.update({ws: _QUICK_COUNTS[tcp] for ws, tcp in WS_TESTS.items()})
 QUICK: Dict[str, Dict[str, int]] = {t: {**p, **_QUICK_COUNTS.get(t, {})} for t, p in FULL.items()}
 
 #: What each client cannot do sensibly (shown as n/a).
 UNSUPPORTED = {("pynats2", "memory")}  # pynats2 has no pull subscriptions: nothing to hold
+UNSUPPORTED.add(("pynats2", "subs10k"))  # one blocking reader loop: not comparable
 UNSUPPORTED |= {("pynats2", ws) for ws in WS_TESTS}  # pynats2 has no WebSocket transport
 
 
@@ -214,6 +221,50 @@ def ts_worker(test: str, url: str, n: int, size: int, warmup: int) -> Dict[str, 
             bus.flush(30)
             dt = time.perf_counter() - t0
             out = {"ms": dt * 1000, "threads_left": threading.active_count()}
+        elif test == "subs10k":
+            per = warmup  # messages per subscription
+            count = 0
+            lock = threading.Lock()
+            done = threading.Event()
+            total = n * per
+
+            def counted(msg: Any) -> None:
+                nonlocal count
+                with lock:
+                    count += 1
+                    if count == total:
+                        done.set()
+
+            gc.collect()
+            base, _ = rss_mb()
+            t0 = time.perf_counter()
+            for i in range(n):
+                bus.subscribe(f"bench.many.{i}", counted)
+            bus.flush()  # its default timeout must be enough right after subscribing
+            sub_s = time.perf_counter() - t0
+            pub_bus = ts.connect(url, name="bench-many-pub")
+            most = threading.active_count()
+            t0 = time.perf_counter()
+            for _ in range(per):
+                for i in range(n):
+                    pub_bus.publish(f"bench.many.{i}", payload)
+            pub_bus.flush(60)
+            while not done.wait(0.02):
+                most = max(most, threading.active_count())
+                if time.perf_counter() - t0 > 120:
+                    raise RuntimeError(f"received {count} of {total} messages")
+            deliver_s = time.perf_counter() - t0
+            most = max(most, threading.active_count())
+            pub_bus.close()
+            gc.collect()
+            rss, _ = rss_mb()
+            out = {
+                "sub_s": sub_s,
+                "deliver_s": deliver_s,
+                "rss_mb": rss,
+                "delta_mb": rss - base,
+                "threads": most,
+            }
         elif test == "memory":
             sub = bus.subscribe("bench.mem")
             bus.flush(10)
@@ -322,6 +373,43 @@ async def natspy_worker(test: str, url: str, n: int, size: int, warmup: int) -> 
             await nc.flush(30)
             dt = time.perf_counter() - t0
             out = {"ms": dt * 1000}
+        elif test == "subs10k":
+            per = warmup
+            total = n * per
+            got = 0
+            all_in = asyncio.Event()
+
+            async def counted(msg: Any) -> None:
+                nonlocal got
+                got += 1
+                if got == total:
+                    all_in.set()
+
+            gc.collect()
+            base, _ = rss_mb()
+            t0 = time.perf_counter()
+            for i in range(n):
+                await nc.subscribe(f"bench.many.{i}", cb=counted)
+            await nc.flush()
+            sub_s = time.perf_counter() - t0
+            pnc = await nats.connect(url, name="bench-many-pub")
+            t0 = time.perf_counter()
+            for _ in range(per):
+                for i in range(n):
+                    await pnc.publish(f"bench.many.{i}", payload)
+            await pnc.flush(60)
+            await asyncio.wait_for(all_in.wait(), 120)
+            deliver_s = time.perf_counter() - t0
+            await pnc.close()
+            gc.collect()
+            rss, _ = rss_mb()
+            out = {
+                "sub_s": sub_s,
+                "deliver_s": deliver_s,
+                "rss_mb": rss,
+                "delta_mb": rss - base,
+                "threads": threading.active_count(),
+            }
         elif test == "memory":
             sub = await nc.subscribe("bench.mem", pending_msgs_limit=2 * n)
             await nc.flush(10)
@@ -558,7 +646,11 @@ METRICS = [
     Metric("request", "p99_us", "request p99 latency us", "{:,.0f}", False),
     Metric("rtt1m", "ms", "1 MiB request round trip ms (median)", "{:,.2f}", False, 1.0),
     Metric("churn", "ms", "subscribe+unsubscribe x N ms (pull)", "{:,.1f}", False, 1.0),
-    Metric("churn_cb", "ms", "subscribe+unsubscribe x N ms (callback)", "{:,.1f}", False),
+    Metric("churn_cb", "ms", "subscribe+unsubscribe x N ms (callback)", "{:,.1f}", False, 1.0),
+    Metric("subs10k", "sub_s", "10,000 callback subscriptions: subscribe s", "{:,.3f}", False, 1.0),
+    Metric("subs10k", "deliver_s", "10,000 subscriptions: deliver 100k msgs s", "{:,.3f}", False, 1.0),
+    Metric("subs10k", "rss_mb", "10,000 subscriptions: RSS MB", "{:,.1f}", False, 1.2),
+    Metric("subs10k", "threads", "10,000 subscriptions: threads (most seen)", "{:,.0f}", False),
     Metric("memory", "rss_mb", "RSS MB, 100k pending 16 B msgs", "{:,.1f}", False),
     Metric("memory", "delta_mb", "RSS growth MB while holding them", "{:,.1f}", False),
     Metric("ws_publish", "rate", "ws:// publish msg/s (16 B, incl. flush)", "{:,.0f}", True, 1.5),
