@@ -35,7 +35,6 @@ from .connection import (
     Connection,
     Handler,
     State,
-    parse_servers,
 )
 from .dispatch import Dispatcher
 from .errors import (
@@ -62,6 +61,7 @@ from .options import (
     check_subscribe,
     check_timeout,
 )
+from .pool import parse_servers
 from .protocol import (
     CRLF,
     LARGE_PAYLOAD,

@@ -9,19 +9,14 @@ password fails ``connect()`` at once instead of on the first publish.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import ipaddress
 import logging
-import random
 import socket
 import ssl
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
-from urllib.parse import unquote, urlsplit
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
 import tenacity
 
@@ -39,6 +34,14 @@ from .errors import (
     TimeoutError,
     TLSError,
     WebSocketError,
+)
+from .pool import (
+    WEBSOCKET_SCHEMES,
+    Server,
+    ServerAddr,
+    ServerPool,
+    parse_server,
+    parse_servers,
 )
 from .protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -59,11 +62,6 @@ from .websocket import WebSocketStream
 
 log = logging.getLogger("telestion_sync.connection")
 
-DEFAULT_PORT = 4222
-#: Ports for URLs without one: NATS's for nats:// and tls://; HTTP's for ws:// and wss:// (as
-#: nats.go and the browsers' WebSocket do; nats-server's WebSocket port has no default).
-DEFAULT_PORTS = {"nats": DEFAULT_PORT, "tls": DEFAULT_PORT, "ws": 80, "wss": 443}
-WEBSOCKET_SCHEMES = ("ws", "wss")
 DEFAULT_CONNECT_TIMEOUT = 2.0  # nats.go's default
 DEFAULT_PING_INTERVAL = 120.0  # nats.go's default
 DEFAULT_MAX_OUTSTANDING_PINGS = 2  # nats.go's default
@@ -78,95 +76,8 @@ DEFAULT_MAX_RECONNECT_ATTEMPTS = 60  # nats.go's default, per server; -1: foreve
 DEFAULT_RECONNECT_TIME_WAIT = 2.0  # nats.go's default
 DEFAULT_RECONNECT_JITTER = 0.1  # nats.go's default
 DEFAULT_RECONNECT_BUF_SIZE = 8 * 1024 * 1024  # nats.go's default
-#: Servers learned from INFO connect_urls beyond this many are ignored (a hostile peer cannot
-#: grow the pool without bound; real clusters are far smaller).
-MAX_DISCOVERED_SERVERS = 256
 _READ_SIZE = 64 * 1024
 _MAX_READ_SIZE = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ServerAddr:
-    """A server URL taken apart; credentials found in the URL are percent-decoded."""
-
-    scheme: str
-    host: str
-    port: int
-    user: Optional[str] = None
-    password: Optional[str] = None
-    token: Optional[str] = None
-    path: str = ""  # ws:// and wss:// only: the HTTP path (and query) of the upgrade request
-
-    @property
-    def url(self) -> str:
-        """The URL without credentials (safe to log and show)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        path = self.path if self.path not in ("", "/") else ""
-        return f"{self.scheme}://{host}:{self.port}{path}"
-
-    def __repr__(self) -> str:  # never show secrets
-        return f"ServerAddr({self.url!r})"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any credentials replaced by ``***`` (for error messages and logs)."""
-    scheme, sep, rest = url.rpartition("://") if "://" in url else ("", "", url)
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
-
-
-def parse_server(url: str) -> ServerAddr:
-    """Parse ``nats://user:pass@host:port``, ``tls://host``, ``ws://host:port/path``,
-    ``wss://host``, ``host:port`` or ``host`` (see :data:`DEFAULT_PORTS`)."""
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"server URL must be a non-empty string, not {type(url).__name__}")
-    text = url.strip()
-    shown = redact_url(text)
-    if "://" not in text:
-        text = "nats://" + text
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise ValueError(
-            f"server URL {shown!r}: scheme must be nats://, tls://, ws:// or wss://, not {scheme}://"
-        )
-    try:
-        port = parts.port or DEFAULT_PORTS[scheme]
-    except ValueError:
-        raise ValueError(f"server URL {shown!r} has an invalid port") from None
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"server URL {shown!r} has no host")
-    user = password = token = None
-    if parts.username is not None:
-        if parts.password is not None:
-            user, password = unquote(parts.username), unquote(parts.password)
-        else:
-            token = unquote(parts.username)
-    path = ""
-    if scheme in WEBSOCKET_SCHEMES:
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return ServerAddr(scheme, host, port, user, password, token, path)
-
-
-def parse_servers(servers: Union[str, Sequence[str]]) -> List[ServerAddr]:
-    """A URL, a comma-separated list of URLs, or a list of them, parsed."""
-    if isinstance(servers, str):
-        items = [s for s in servers.split(",") if s.strip()]
-    else:
-        items = list(servers)
-    if not items:
-        raise ValueError("no server URL given")
-    return [parse_server(s) for s in items]
 
 
 def _server_error(text: str, url: str) -> Error:
@@ -257,26 +168,12 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class _Server:
-    """A pool entry: the address and its reconnect bookkeeping."""
-
-    __slots__ = ("addr", "attempts", "last_attempt", "discovered", "last_auth_error")
-
-    def __init__(self, addr: ServerAddr, discovered: bool = False) -> None:
-        self.addr = addr
-        self.attempts = 0
-        self.last_attempt = 0.0
-        self.discovered = discovered
-        # The server's last refusal since our last successful connect to it (normalized text).
-        self.last_auth_error: Optional[str] = None
-
-
 class _Link:
     """One socket and the reader and writer threads that serve it."""
 
     __slots__ = ("sock", "server", "reader", "writer", "alive", "drainer", "users", "last_error")
 
-    def __init__(self, sock: socket.socket, server: _Server) -> None:
+    def __init__(self, sock: socket.socket, server: Server) -> None:
         self.sock = sock
         self.server = server
         self.reader: Optional[threading.Thread] = None
@@ -368,9 +265,7 @@ class Connection:
         self._retry_on_failed_connect = retry_on_failed_connect
         self._ignore_auth_error_abort = ignore_auth_error_abort
 
-        self._pool = [_Server(a) for a in servers]
-        if randomize:
-            random.shuffle(self._pool)
+        self._pool = ServerPool(servers, randomize, ignore_discovered_servers)
 
         self.info: Dict[str, Any] = {}
         self.max_payload = 1024 * 1024
@@ -427,12 +322,12 @@ class Connection:
     @property
     def servers(self) -> List[ServerAddr]:
         """The server pool: given URLs and, unless ignored, those the cluster announced."""
-        return [s.addr for s in self._pool]
+        return self._pool.addrs()
 
     @property
     def discovered_servers(self) -> List[ServerAddr]:
         """Servers learned from the cluster's INFO ``connect_urls``."""
-        return [s.addr for s in self._pool if s.discovered]
+        return self._pool.addrs(discovered_only=True)
 
     # --- connecting --------------------------------------------------------------------------
 
@@ -446,7 +341,7 @@ class Connection:
         """
         failures: List[str] = []
         last: Optional[BaseException] = None
-        for srv in list(self._pool):
+        for srv in self._pool:
             try:
                 sock, parser, info, early = self._handshake(srv.addr, self._tls_name(srv))
             except (AuthenticationError, TLSError, ConfigError):
@@ -548,17 +443,8 @@ class Connection:
         finally:
             self._connecting_sock = None
 
-    def _tls_name(self, srv: _Server) -> str:
-        """The name a server's certificate is checked against: ``tls_hostname`` when given;
-        for a discovered server announced by IP address, the host name of a server the user
-        gave (as nats.go does), since cluster certificates name hosts, not addresses."""
-        if self._tls_hostname:
-            return self._tls_hostname
-        if srv.discovered and _is_ip(srv.addr.host):
-            for s in self._pool:
-                if not s.discovered and not _is_ip(s.addr.host):
-                    return s.addr.host
-        return srv.addr.host
+    def _tls_name(self, srv: Server) -> str:
+        return self._pool.tls_name(srv, self._tls_hostname)
 
     def _wrap(
         self, ctx: ssl.SSLContext, sock: socket.socket, addr: ServerAddr, deadline: float, host: str
@@ -636,7 +522,7 @@ class Connection:
 
     def _start(
         self,
-        srv: _Server,
+        srv: Server,
         sock: socket.socket,
         parser: Parser,
         info: Dict[str, Any],
@@ -685,38 +571,10 @@ class Connection:
             )
 
     def _add_discovered(self, info: Dict[str, Any]) -> None:
-        if self._ignore_discovered:
-            return
-        urls = info.get("connect_urls") or []
-        if not isinstance(urls, list):
-            return
-        known = {(s.addr.host, s.addr.port) for s in self._pool}
-        room = MAX_DISCOVERED_SERVERS - sum(s.discovered for s in self._pool)
-        # nats.go: discovered servers get the credentials of the URL we are connected with
-        current = self._link.server.addr if self._link is not None else self._pool[0].addr
-        scheme = current.scheme
-        added: List[str] = []
-        for hostport in urls:
-            try:
-                addr = parse_server(f"{scheme}://{hostport}")
-            except (ValueError, TypeError):
-                continue
-            if (addr.host, addr.port) in known:
-                continue
-            if len(added) >= room:
-                log.warning("ignoring discovered servers beyond %d", MAX_DISCOVERED_SERVERS)
-                break
-            known.add((addr.host, addr.port))
-            addr = dataclasses.replace(
-                addr, user=current.user, password=current.password, token=current.token
-            )
-            self._pool.insert(
-                random.randint(0, len(self._pool)) if self._randomize else len(self._pool),
-                _Server(addr, discovered=True),
-            )
-            added.append(addr.url)
+        """Servers the cluster announced join the pool (called with _wlock held)."""
+        current = self._link.server.addr if self._link is not None else self._pool.first.addr
+        added = self._pool.add_discovered(info, current)
         if added:
-            log.debug("discovered servers %s", added)
             self._handler._on_discovered_servers(added)
 
     # --- writing -----------------------------------------------------------------------------
@@ -959,7 +817,7 @@ class Connection:
         if waiter is not None:
             waiter.event.set()
 
-    def _auth_refused_again(self, srv: _Server, err: AuthenticationError) -> bool:
+    def _auth_refused_again(self, srv: Server, err: AuthenticationError) -> bool:
         """Record a refusal by ``srv``; True when it repeats the previous one (nats.go's
         reconnect abort, unless ``ignore_auth_error_abort``)."""
         text = err.server_text.strip().strip("'").lower()
@@ -982,7 +840,7 @@ class Connection:
         with self._wlock:
             self.info.update(info)
             self._add_discovered(info)
-            others = any(s is not link.server for s in self._pool)
+            others = self._pool.has_other(link.server)
         if info.get("ldm"):
             log.info("server %s entered lame duck mode", link.server.addr.url)
             self._handler._on_lame_duck()
@@ -1089,17 +947,9 @@ class Connection:
         with self._wlock:
             self._spawn(self._reconnect_loop)
 
-    def _next_server(self, current: Optional[_Server]) -> Optional[_Server]:
-        """nats.go's rotation: the current server goes to the back; servers past their attempt
-        limit leave the pool. None when the pool is empty (called with _wlock held)."""
-        pool = self._pool
-        if current is not None and current in pool:
-            pool.remove(current)
-            pool.append(current)
-        limit = self.max_reconnect_attempts
-        if limit >= 0:
-            pool[:] = [s for s in pool if s.attempts < limit]
-        return pool[0] if pool else None
+    def _next_server(self, current: Optional[Server]) -> Optional[Server]:
+        """The next server to try, or None when none is left (called with _wlock held)."""
+        return self._pool.rotate(current, self.max_reconnect_attempts)
 
     def _reconnect_loop(self) -> None:
         current = self._link.server if self._link is not None else None

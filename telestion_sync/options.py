@@ -40,9 +40,9 @@ from .connection import (
     DEFAULT_RECONNECT_JITTER,
     DEFAULT_RECONNECT_TIME_WAIT,
     DEFAULT_WRITE_TIMEOUT,
-    parse_servers,
 )
 from .errors import BadSubjectError, ConfigError
+from .pool import parse_servers
 from .protocol import validate_queue, validate_subject
 
 _INF = math.inf

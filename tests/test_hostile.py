@@ -179,7 +179,7 @@ def test_fuzzed_garbage_never_kills_the_client(
 def test_announced_limits_cannot_lift_the_clients_bounds(hostile: HostileServer) -> None:
     """An INFO claiming a terabyte max_payload, then one announcing thousands of servers: the
     payload bound stays at nats-server's 64 MiB maximum and the pool stays bounded."""
-    from telestion_sync.connection import MAX_DISCOVERED_SERVERS
+    from telestion_sync.pool import MAX_DISCOVERED_SERVERS
     from telestion_sync.protocol import DEFAULT_MAX_PAYLOAD
 
     hostile.info = b"INFO " + json.dumps({"server_id": "x", "max_payload": 10**12}).encode()

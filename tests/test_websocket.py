@@ -24,7 +24,7 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 import telestion_sync as ts
-from telestion_sync.connection import parse_server
+from telestion_sync.pool import parse_server
 from telestion_sync.server import NatsCluster, NatsServer, free_port
 from telestion_sync.websocket import WebSocketStream
 
