@@ -44,21 +44,20 @@ from .pool import (
     parse_servers,
 )
 from .protocol import (
-    DEFAULT_MAX_PAYLOAD,
     ERR,
+    GOT_INFO,
     INFO,
     LARGE_PAYLOAD,
-    OK,
+    OPEN,
     PING,
+    PING_DUE,
     PING_FRAME,
     PONG,
-    PONG_FRAME,
+    STALE,
+    ClientProtocol,
     Event,
-    Parser,
-    encode_connect,
 )
-from .tls import TLSStream
-from .websocket import WebSocketStream
+from .transport import WebSocketStream, hang_up, open_tcp, start_tls, start_websocket
 
 log = logging.getLogger("telestion_sync.connection")
 
@@ -78,58 +77,6 @@ DEFAULT_RECONNECT_JITTER = 0.1  # nats.go's default
 DEFAULT_RECONNECT_BUF_SIZE = 8 * 1024 * 1024  # nats.go's default
 _READ_SIZE = 64 * 1024
 _MAX_READ_SIZE = 4 * 1024 * 1024
-
-
-def _server_error(text: str, url: str) -> Error:
-    """The exception for a server ``-ERR`` text."""
-    low = text.lower()
-    if low.startswith("permissions violation"):
-        # 'Permissions Violation for Publish to "x"' or
-        # 'Permissions Violation for Subscription to "x" using queue "q"'
-        operation = "subscribe" if "subscription" in low else "publish"
-        quoted = text.split('"')[1::2]
-        subject = quoted[0] if quoted else ""
-        queue = quoted[1] if len(quoted) > 1 and "queue" in low else None
-        return PermissionViolationError(operation, subject, f"{text} (server {url})", queue)
-    if "authorization" in low or "authentication" in low or "user" in low and "expired" in low:
-        return AuthenticationError(f"server {url} refused the credentials: {text}", text)
-    return Error(f"server {url} reported: {text}")
-
-
-def _open_socket(host: str, port: int, deadline: float) -> socket.socket:
-    """A TCP connection to ``host:port``. A name with several addresses (``localhost``: ``::1``
-    and ``127.0.0.1``) is tried address by address, all within one deadline: each address gets
-    an equal share of the time left (at least half a second, if there is that much), so one
-    that does not answer cannot use up the time of the others."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    last: Optional[OSError] = None
-    for i, (family, kind, proto, _, sockaddr) in enumerate(infos):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        share = max(left / (len(infos) - i), min(left, 0.5))
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(share)
-            sock.connect(sockaddr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-            log.debug("connecting to %s (%s) failed: %s", host, sockaddr[0], exc)
-    if last is not None:
-        raise last
-    raise socket.timeout(f"no address of {host} answered in time")
-
-
-def _hang_up(sock: Any) -> None:
-    """End a connection without closing the socket: threads blocked on it see EOF or an error
-    at once, and the one that owns it closes it (:meth:`Connection._release`). Closing it under
-    a blocked thread would free the descriptor number for reuse by another socket."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 class Handler:
@@ -171,11 +118,12 @@ class State(enum.Enum):
 class _Link:
     """One socket and the reader and writer threads that serve it."""
 
-    __slots__ = ("sock", "server", "reader", "writer", "alive", "drainer", "users", "last_error")
+    __slots__ = ("sock", "server", "proto", "reader", "writer", "alive", "drainer", "users", "last_error")
 
-    def __init__(self, sock: socket.socket, server: Server) -> None:
+    def __init__(self, sock: Any, server: Server, proto: ClientProtocol) -> None:
         self.sock = sock
         self.server = server
+        self.proto = proto  # the Sans-I/O protocol state of this connection
         self.reader: Optional[threading.Thread] = None
         self.writer: Optional[threading.Thread] = None
         self.alive = True
@@ -267,7 +215,6 @@ class Connection:
 
         self._pool = ServerPool(servers, randomize, ignore_discovered_servers)
 
-        self.info: Dict[str, Any] = {}
         self.max_payload = 1024 * 1024
         # Payloads up to this size take the publish fast path: small enough for %-formatting
         # and within the server's max_payload (one comparison instead of two per publish).
@@ -283,7 +230,6 @@ class Connection:
         self._writer_waiting = False
         self._pongs: Deque[Optional[_Pong]] = deque()  # under _wlock; None for timer pings
         self._pings_in_buf = 0  # PINGs in _wbuf not yet taken by a sender (under _wlock)
-        self._pings_out = 0  # timer pings unanswered (under _wlock)
         self.state = State.CONNECTING
         self.connected = False  # state is CONNECTED (kept as a plain bool for the hot path)
         self.closed = False
@@ -300,6 +246,12 @@ class Connection:
         self.close_cause: Optional[BaseException] = None  # why reconnecting ended, if it did
 
     # --- properties --------------------------------------------------------------------------
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        """The current (or last) server's INFO, with later INFOs merged in."""
+        link = self._link
+        return link.proto.info if link is not None else {}
 
     @property
     def addr(self) -> Optional[ServerAddr]:
@@ -343,7 +295,7 @@ class Connection:
         last: Optional[BaseException] = None
         for srv in self._pool:
             try:
-                sock, parser, info, early = self._handshake(srv.addr, self._tls_name(srv))
+                sock, proto = self._handshake(srv.addr, self._tls_name(srv))
             except (AuthenticationError, TLSError, ConfigError):
                 raise  # wrong configuration: no other server will fix it
             except (OSError, TimeoutError, ProtocolError, Error) as exc:
@@ -354,7 +306,7 @@ class Connection:
                 srv.last_attempt = time.monotonic()
                 continue
             with self._wlock:
-                self._start(srv, sock, parser, info, early)
+                self._start(srv, sock, proto)
             return
         error = NoServersError("could not connect to any server: " + "; ".join(failures))
         error.__cause__ = last
@@ -368,32 +320,28 @@ class Connection:
         raise error
 
     def _handshake(self, addr: ServerAddr, tls_name: str) -> Any:
+        """Open a transport to ``addr`` and run the NATS handshake on it (the steps are the
+        Sans-I/O :class:`ClientProtocol`'s); returns the transport and the protocol, open."""
         deadline = time.monotonic() + self.connect_timeout
-        sock: Any = _open_socket(addr.host, addr.port, deadline)
+        sock: Any = open_tcp(addr.host, addr.port, deadline)
         self._connecting_sock = sock
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             ctx = self._tls
             ws = addr.scheme in WEBSOCKET_SCHEMES
             if ctx is None and addr.scheme in ("tls", "wss"):
                 ctx = ssl.create_default_context()
             if ctx is not None and (self._tls_handshake_first or ws):
-                sock = self._wrap(ctx, sock, addr, deadline, tls_name)
+                sock = start_tls(sock, ctx, addr.url, tls_name, deadline)
             if ws:  # TLS (wss://) below the WebSocket, NATS inside it
-                sock = WebSocketStream(
-                    sock,
-                    addr.host,
-                    addr.port,
-                    secure=ctx is not None,
-                    path=addr.path,
-                    compression=self._ws_compression,
-                    label=addr.url,
-                )
-                sock.handshake(deadline)
-            parser = Parser()
-            events: List[Event] = []
+                sock = start_websocket(sock, addr, ctx is not None, self._ws_compression, deadline)
+            proto = ClientProtocol(
+                addr.url,
+                ping_interval=self.ping_interval,
+                max_outstanding_pings=self.max_outstanding_pings,
+                now=time.monotonic(),
+            )
             try:
-                info = self._read_until(sock, parser, events, deadline, INFO)[1]
+                self._read_until(sock, proto, deadline, GOT_INFO)
             except socket.timeout:
                 hint = "" if ctx is not None else " (if it expects TLS first, pass tls_handshake_first=True)"
                 if not ws:
@@ -401,12 +349,9 @@ class Connection:
                 raise TimeoutError(
                     f"server {addr.url} sent no INFO within {self.connect_timeout} s{hint}"
                 ) from None
-            max_payload = info.get("max_payload")
-            if isinstance(max_payload, int) and max_payload > 0:
-                # nats-server allows at most 64 MiB; a bigger claim must not lift the bound
-                parser.max_payload = min(max_payload, DEFAULT_MAX_PAYLOAD)
+            info = proto.info
             if ws:  # the INFO's TLS fields describe the WebSocket listener's TLS, done above
-                sock.max_message_size = parser.max_payload
+                sock.max_message_size = proto.max_payload
             elif info.get("tls_required") and ctx is None:
                 raise TLSError(
                     f"server {addr.url} requires TLS: use a tls:// URL, tls=True, tls_ca_file=... "
@@ -415,14 +360,14 @@ class Connection:
             elif ctx is not None and not self._tls_handshake_first:
                 if not (info.get("tls_required") or info.get("tls_available")):
                     raise TLSError(f"TLS was asked for, but server {addr.url} does not offer TLS")
-                sock = self._wrap(ctx, sock, addr, deadline, tls_name)
+                sock = start_tls(sock, ctx, addr.url, tls_name, deadline)
             fields = self._connect_options(addr, ctx is not None, info.get("nonce"))
-            sock.sendall(encode_connect(fields) + PING_FRAME)
-            self._read_until(sock, parser, events, deadline, PONG, addr)
+            sock.sendall(proto.connect_frame(fields))
+            self._read_until(sock, proto, deadline, OPEN)
             # Bounds each chunk a writer sends into a stalled connection (_send); the reader's
             # recv just wakes up this often to see whether the link was given up.
             sock.settimeout(self.write_timeout)
-            return sock, parser, info, events
+            return sock, proto
         except TimeoutError:  # ours (a subclass of socket.timeout): it says what timed out
             sock.close()
             raise
@@ -446,24 +391,6 @@ class Connection:
     def _tls_name(self, srv: Server) -> str:
         return self._pool.tls_name(srv, self._tls_hostname)
 
-    def _wrap(
-        self, ctx: ssl.SSLContext, sock: socket.socket, addr: ServerAddr, deadline: float, host: str
-    ) -> Any:
-        stream = TLSStream(sock, ctx, host)
-        try:
-            stream.handshake(deadline)
-        except ssl.SSLCertVerificationError as exc:
-            raise TLSError(
-                f"the TLS certificate of {host} ({addr.url}) is not trusted: {exc.verify_message}"
-            ) from None
-        except ssl.SSLError as exc:
-            reason = str(exc.reason or exc)
-            hint = ""
-            if "HANDSHAKE_FAILURE" in reason.upper() or "CERTIFICATE" in reason.upper():
-                hint = "; does the server require a client certificate (tls_cert_file, tls_key_file)?"
-            raise TLSError(f"TLS handshake with {host} ({addr.url}) failed: {reason}{hint}") from None
-        return stream
-
     def _connect_options(self, addr: ServerAddr, use_tls: bool, nonce: Optional[str]) -> Dict[str, Any]:
         options: Dict[str, Any] = {
             "verbose": False,
@@ -481,31 +408,12 @@ class Connection:
         options.update(self._credentials.connect_fields(addr.user, addr.password, addr.token, nonce))
         return options
 
-    def _read_until(
-        self,
-        sock: socket.socket,
-        parser: Parser,
-        events: List[Event],
-        deadline: float,
-        want: int,
-        addr: Optional[ServerAddr] = None,
-    ) -> Event:
-        """Read until an event of kind ``want``; events after it stay in ``events``."""
-        while True:
-            while events:
-                ev = events.pop(0)
-                kind = ev[0]
-                if kind == want:
-                    return ev
-                if kind == ERR and addr is not None:
-                    raise _server_error(ev[1], addr.url)
-                if kind == INFO and want == PONG:
-                    continue
-                if kind in (OK, PING):
-                    if kind == PING:
-                        sock.sendall(PONG_FRAME)
-                    continue
-                raise ProtocolError(f"unexpected {ev!r} during the handshake")
+    def _read_until(self, sock: Any, proto: ClientProtocol, deadline: float, state: str) -> None:
+        """Read until the handshake reaches ``state``, answering the server on the way."""
+        while proto.state != state:
+            out = proto.data_to_send()
+            if out:
+                sock.sendall(out)
             left = deadline - time.monotonic()
             if left <= 0 or self.closed:
                 raise socket.timeout()
@@ -513,36 +421,23 @@ class Connection:
             data = sock.recv(_READ_SIZE)
             if not data:
                 raise ConnectionResetError("server closed the connection during the handshake")
-            if want == INFO and data.startswith(b"HTTP/"):
-                raise WebSocketError(
-                    "the server answered with HTTP, not NATS: it is a WebSocket (or HTTP) port; "
-                    "use a ws:// or wss:// URL for it"
-                )
-            events.extend(parser.feed(data))
+            proto.receive_handshake(data)
 
-    def _start(
-        self,
-        srv: Server,
-        sock: socket.socket,
-        parser: Parser,
-        info: Dict[str, Any],
-        early: List[Event],
-    ) -> None:
-        """Make a handshaken socket the live link (called with _wlock held)."""
-        link = _Link(sock, srv)
+    def _start(self, srv: Server, sock: Any, proto: ClientProtocol) -> None:
+        """Make a handshaken transport the live link (called with _wlock held)."""
+        link = _Link(sock, srv, proto)
         self._link = link
-        self.info = info
+        info = proto.info
         if "max_payload" in info:
-            self.max_payload = parser.max_payload  # as announced, within DEFAULT_MAX_PAYLOAD
+            self.max_payload = proto.max_payload  # as announced, within DEFAULT_MAX_PAYLOAD
         self.inline_max = min(LARGE_PAYLOAD, self.max_payload)
         srv.attempts = 0
         srv.last_auth_error = None
-        self._pings_out = 0
         self._add_discovered(info)
         previous, self._last_reader = self._last_reader, None
         link.reader = threading.Thread(
             target=self._read_loop,
-            args=(link, parser, early, previous),
+            args=(link, previous),
             name="telestion_sync-reader",
             daemon=True,
         )
@@ -709,13 +604,12 @@ class Connection:
 
     def _write(self, link: _Link) -> None:
         cond = self._wcond
-        interval = self.ping_interval
-        next_ping = time.monotonic() + interval
+        proto = link.proto
         while True:
             stale = False
             with cond:
                 while link.alive and link.drainer is None and not (self.connected and self._wbuf):
-                    left = next_ping - time.monotonic()
+                    left = proto.next_ping - time.monotonic()
                     if left <= 0:
                         break
                     self._writer_waiting = True
@@ -723,15 +617,13 @@ class Connection:
                     self._writer_waiting = False
                 if not link.alive or link.drainer is not None:
                     return
-                if time.monotonic() >= next_ping:
-                    next_ping = time.monotonic() + interval
-                    if self._pings_out >= self.max_outstanding_pings:
-                        stale = True
-                    else:
-                        self._pings_out += 1
-                        self._pongs.append(None)
-                        self._wbuf += PING_FRAME
-                        self._pings_in_buf += 1
+                due = proto.keepalive(time.monotonic())
+                if due == STALE:
+                    stale = True
+                elif due == PING_DUE:
+                    self._pongs.append(None)
+                    self._wbuf += PING_FRAME
+                    self._pings_in_buf += 1
             if stale:
                 self._lost(link, Error("stale connection: the server did not answer pings"))
                 return
@@ -745,19 +637,20 @@ class Connection:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _read_loop(
-        self, link: _Link, parser: Parser, early: List[Event], previous: Optional[threading.Thread]
-    ) -> None:
+    def _read_loop(self, link: _Link, previous: Optional[threading.Thread]) -> None:
         try:
             if previous is not None:
                 # The last link's reader may still be delivering its final batch: one reader
                 # at a time keeps delivery in order (and the handler single-threaded).
                 previous.join(self.connect_timeout)
-            self._read(link, parser, early)
+            self._read(link)
         finally:
             self._release(link)
 
-    def _read(self, link: _Link, parser: Parser, early: List[Event]) -> None:
+    def _read(self, link: _Link) -> None:
+        proto = link.proto
+        parser = proto.parser
+        early = proto.early
         handler = self._handler
         on_msg = handler._on_msg
         on_batch_end = handler._on_batch_end
@@ -776,7 +669,7 @@ class Connection:
                         # Queued for the writer: the reader never waits on the send side, so
                         # a link stalled upstream does not stop delivery (replies included).
                         with self._wlock:
-                            self._wbuf += PONG_FRAME
+                            self._wbuf += proto.on_ping()
                             if self._writer_waiting:
                                 self._writer_waiting = False
                                 self._wcond.notify()
@@ -812,7 +705,7 @@ class Connection:
         with self._wlock:
             if not link.alive:  # a late PONG from a link given up: its waiters were failed
                 return
-            self._pings_out = 0
+            link.proto.on_pong()
             waiter = self._pongs.popleft() if self._pongs else None
         if waiter is not None:
             waiter.event.set()
@@ -826,7 +719,7 @@ class Connection:
         return again and not self._ignore_auth_error_abort
 
     def _on_err(self, link: _Link, text: str) -> None:
-        err = _server_error(text, link.server.addr.url)
+        err = link.proto.on_err(text)
         log.debug("server error from %s: %s", link.server.addr.url, text)
         if isinstance(err, AuthenticationError):
             # Expired or revoked on a live connection: a reconnect that is refused the same
@@ -838,10 +731,10 @@ class Connection:
 
     def _on_info(self, link: _Link, info: Dict[str, Any]) -> None:
         with self._wlock:
-            self.info.update(info)
+            ldm = link.proto.on_info(info)
             self._add_discovered(info)
             others = self._pool.has_other(link.server)
-        if info.get("ldm"):
+        if ldm:
             log.info("server %s entered lame duck mode", link.server.addr.url)
             self._handler._on_lame_duck()
             if others and self.allow_reconnect:
@@ -895,7 +788,7 @@ class Connection:
                 self._last_reader = link.reader
             if self._link is not link or self.closed:
                 self._wcond.notify_all()
-                _hang_up(link.sock)
+                hang_up(link.sock)
                 return
             # PINGs still in the buffer go to the next server and keep their waiters; the
             # ones already sent died with this link, so their flush() calls try again.
@@ -903,13 +796,12 @@ class Connection:
             waiters = list(self._pongs)
             gone, kept = waiters[: len(waiters) - keep], waiters[len(waiters) - keep :]
             self._pongs = deque(kept)
-            self._pings_out = 0
             cause = link.last_error or exc
             self.last_error = cause
             # Without reconnects the client closes the bus right after this.
             self._set_state(State.RECONNECTING if self.allow_reconnect else State.CLOSED)
             self._wcond.notify_all()
-        _hang_up(link.sock)
+        hang_up(link.sock)
         _fail(gone)
         log.info("connection to %s lost: %s", link.server.addr.url, cause)
         self._handler._on_disconnected(cause)
@@ -976,7 +868,7 @@ class Connection:
             srv.attempts += 1
             srv.last_attempt = time.monotonic()
             try:
-                sock, parser, info, early = self._handshake(srv.addr, self._tls_name(srv))
+                sock, proto = self._handshake(srv.addr, self._tls_name(srv))
             except AuthenticationError as exc:
                 last = exc
                 self._handler._on_server_error(exc)
@@ -993,12 +885,12 @@ class Connection:
                 continue
             with self._wlock:
                 if self.closed:  # no thread of ours uses this socket yet
-                    _hang_up(sock)
+                    hang_up(sock)
                     sock.close()
                     return
                 frames = self._handler._resubscribe_frames()
                 self._wbuf[:0] = frames  # subscriptions first, then what was buffered
-                self._start(srv, sock, parser, info, early)
+                self._start(srv, sock, proto)
                 self.reconnects += 1
             log.info("reconnected to %s", srv.addr.url)
             self._handler._on_reconnected()
@@ -1051,10 +943,10 @@ class Connection:
         self._closed_event.set()
         sock = self._connecting_sock
         if sock is not None:  # a handshake in progress fails at once and closes its socket
-            _hang_up(sock)
+            hang_up(sock)
         _fail(waiters)
         if link is not None:
-            _hang_up(link.sock)
+            hang_up(link.sock)
         deadline = time.monotonic() + timeout
         while True:  # a helper may start another (a drain starts the reconnect loop)
             with self._wlock:

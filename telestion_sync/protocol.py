@@ -1,9 +1,12 @@
-"""Sans-I/O NATS client protocol: a parser fed bytes, and pure encoders.
+"""Sans-I/O NATS client protocol: a parser fed bytes, the protocol's state, pure encoders.
 
-Nothing here touches a socket or a thread, so it can be tested and fuzzed on its own. The parser
-turns the server's byte stream into events (tuples, for speed on the receive hot path); the
-encoders build the client's frames. Reference: the NATS client protocol ("INFO", "CONNECT",
-"PUB", "HPUB", "SUB", "UNSUB", "MSG", "HMSG", "PING", "PONG", "+OK", "-ERR").
+Nothing here touches a socket, a thread or a clock of its own (time is passed in), so it can be
+tested and fuzzed on its own, as websockets' ``Protocol`` is. The parser turns the server's byte
+stream into events (tuples, for speed on the receive hot path); :class:`ClientProtocol` holds the
+state of one connection: the handshake steps, the automatic PONG, outstanding pings and stale
+detection, INFO merging and the sorting of ``-ERR`` texts into exceptions; the encoders build the
+client's frames. Reference: the NATS client protocol ("INFO", "CONNECT", "PUB", "HPUB", "SUB",
+"UNSUB", "MSG", "HMSG", "PING", "PONG", "+OK", "-ERR").
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import BadSubjectError, ProtocolError
+from .errors import (
+    AuthenticationError,
+    BadSubjectError,
+    Error,
+    PermissionViolationError,
+    ProtocolError,
+    WebSocketError,
+)
 
 # Event tags: the first item of every event tuple the parser returns.
 MSG = 1  # (MSG, subject: bytes, sid: int, reply: bytes | None, payload: bytes, header_block: None)
@@ -200,6 +210,156 @@ class Parser:
                 f"server announced a {size}-byte message, over the {self.max_payload}-byte limit"
             )
         return size
+
+
+# --- the state of one connection ----------------------------------------------------------
+
+
+def server_error(text: str, url: str) -> Error:
+    """The exception for a server ``-ERR`` text: a permission violation (with the operation,
+    subject and queue), a refusal of the credentials, or another server error."""
+    low = text.lower()
+    if low.startswith("permissions violation"):
+        # 'Permissions Violation for Publish to "x"' or
+        # 'Permissions Violation for Subscription to "x" using queue "q"'
+        operation = "subscribe" if "subscription" in low else "publish"
+        quoted = text.split('"')[1::2]
+        subject = quoted[0] if quoted else ""
+        queue = quoted[1] if len(quoted) > 1 and "queue" in low else None
+        return PermissionViolationError(operation, subject, f"{text} (server {url})", queue)
+    if "authorization" in low or "authentication" in low or "user" in low and "expired" in low:
+        return AuthenticationError(f"server {url} refused the credentials: {text}", text)
+    return Error(f"server {url} reported: {text}")
+
+
+#: Handshake steps of :class:`ClientProtocol`.
+AWAIT_INFO = "await-info"  # connected; the server speaks first
+GOT_INFO = "got-info"  # the caller may upgrade to TLS now, then sends connect_frame()
+AWAIT_PONG = "await-pong"  # CONNECT and PING sent: the PONG (or -ERR) says whether we are in
+OPEN = "open"
+
+#: What :meth:`ClientProtocol.keepalive` says.
+PING_DUE = "ping"
+STALE = "stale"
+
+
+class ClientProtocol:
+    """The client side of one NATS connection, without I/O.
+
+    Handshake: feed the server's bytes to :meth:`receive_handshake` until ``state`` is
+    ``GOT_INFO`` (``info`` is then the server's INFO and the parser is bounded by its
+    ``max_payload``), send :meth:`connect_frame`, feed bytes again until ``state`` is ``OPEN``;
+    a refusal raises the sorted error at once, and events after the PONG wait in ``early``.
+    Answers the protocol owes (PONGs to the server's PINGs) collect in :meth:`data_to_send`.
+
+    Once open, the caller parses with ``parser.feed`` on its hot path and hands the rarer events
+    here: :meth:`on_ping` (the PONG to send), :meth:`on_pong`, :meth:`on_info` (merged, with
+    lame-duck mode seen), :meth:`on_err` (the sorted exception). :meth:`keepalive` is called with
+    the current time: it says when a PING is due, and that the connection is stale after
+    ``max_outstanding_pings`` unanswered ones (nats.go's rule).
+    """
+
+    def __init__(
+        self,
+        url: str = "",
+        *,
+        ping_interval: float = 120.0,
+        max_outstanding_pings: int = 2,
+        now: float = 0.0,
+    ) -> None:
+        self.url = url
+        self.parser = Parser()
+        self.state = AWAIT_INFO
+        self.info: Dict[str, Any] = {}
+        self.early: List[Event] = []
+        self.ping_interval = ping_interval
+        self.max_outstanding_pings = max_outstanding_pings
+        self.pings_out = 0
+        self.next_ping = now + ping_interval
+        self._out = bytearray()
+
+    # handshake
+
+    def receive_handshake(self, data: bytes) -> None:
+        """Feed bytes received during the handshake; advances ``state``."""
+        if self.state == AWAIT_INFO and not self.parser.bytes_needed and data.startswith(b"HTTP/"):
+            raise WebSocketError(
+                "the server answered with HTTP, not NATS: it is a WebSocket (or HTTP) port; "
+                "use a ws:// or wss:// URL for it"
+            )
+        for ev in self.parser.feed(data):
+            kind = ev[0]
+            if self.state == OPEN:
+                self.early.append(ev)  # delivered by the caller once it runs
+            elif kind == PING:
+                self._out += PONG_FRAME
+            elif kind == OK:
+                pass
+            elif kind == ERR:
+                raise server_error(ev[1], self.url)
+            elif kind == INFO and self.state == AWAIT_INFO:
+                self._accept_info(ev[1])
+                self.state = GOT_INFO
+            elif kind == INFO:
+                self.info.update(ev[1])
+            elif kind == PONG and self.state == AWAIT_PONG:
+                self.state = OPEN
+            else:
+                raise ProtocolError(f"unexpected {ev!r} during the handshake with {self.url}")
+
+    def _accept_info(self, info: Dict[str, Any]) -> None:
+        self.info = info
+        max_payload = info.get("max_payload")
+        if isinstance(max_payload, int) and max_payload > 0:
+            # nats-server allows at most 64 MiB; a bigger claim must not lift the bound
+            self.parser.max_payload = min(max_payload, DEFAULT_MAX_PAYLOAD)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (its INFO, bounded), or the default before."""
+        return self.parser.max_payload
+
+    def connect_frame(self, options: Mapping[str, Any]) -> bytes:
+        """CONNECT with ``options`` and the PING whose PONG completes the handshake."""
+        if self.state != GOT_INFO:
+            raise ProtocolError(f"CONNECT before the server's INFO (state {self.state})")
+        self.state = AWAIT_PONG
+        return encode_connect(options) + PING_FRAME
+
+    def data_to_send(self) -> bytes:
+        """What the protocol owes the server (PONGs during the handshake), once."""
+        out, self._out = bytes(self._out), bytearray()
+        return out
+
+    # an open connection
+
+    def on_ping(self) -> bytes:
+        """The server's PING: the PONG to send (the caller queues it; never sent from here)."""
+        return PONG_FRAME
+
+    def on_pong(self) -> None:
+        """The server answered a PING: the link is alive."""
+        self.pings_out = 0
+
+    def on_info(self, info: Dict[str, Any]) -> bool:
+        """Merge an INFO sent on an open connection; True when it says lame duck mode."""
+        self.info.update(info)
+        return bool(info.get("ldm"))
+
+    def on_err(self, text: str) -> Error:
+        """The exception a ``-ERR`` stands for (see :func:`server_error`)."""
+        return server_error(text, self.url)
+
+    def keepalive(self, now: float) -> Optional[str]:
+        """``PING_DUE`` when a keep-alive PING is to be sent now (it counts as outstanding),
+        ``STALE`` when ``max_outstanding_pings`` went unanswered, else None."""
+        if now < self.next_ping:
+            return None
+        self.next_ping = now + self.ping_interval
+        if self.pings_out >= self.max_outstanding_pings:
+            return STALE
+        self.pings_out += 1
+        return PING_DUE
 
 
 # --- subjects -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Unit tests of the Sans-I/O protocol layer: parser, encoders, headers, subject validation.
+"""Unit tests of the Sans-I/O protocol layer: parser, connection state, encoders, headers,
+subject validation.
 
 No sockets and no threads: everything here runs in milliseconds (hypothesis included).
 """
@@ -13,7 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telestion_sync import protocol as p
-from telestion_sync.errors import BadSubjectError, Error, ProtocolError
+from telestion_sync.errors import (
+    AuthenticationError,
+    BadSubjectError,
+    Error,
+    PermissionViolationError,
+    ProtocolError,
+    WebSocketError,
+)
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -935,3 +943,74 @@ def test_empty_or_non_str_queue(queue: Any) -> None:
         p.validate_queue(queue)
     assert repr(queue) in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+# --- p.ClientProtocol: the connection's state, without a server ----------------------------
+
+_INFO = b'INFO {"server_id":"S","max_payload":1048576,"connect_urls":["10.0.0.1:4222"]}\r\n'
+
+
+def test_client_protocol_handshake_steps() -> None:
+    proto = p.ClientProtocol("nats://h:4222")
+    proto.receive_handshake(_INFO[:10])  # a partial INFO waits
+    assert proto.state != p.GOT_INFO
+    proto.receive_handshake(_INFO[10:] + b"PING\r\n")
+    assert proto.state == p.GOT_INFO
+    assert proto.info["server_id"] == "S" and proto.max_payload == 1048576
+    assert proto.data_to_send() == b"PONG\r\n"  # the automatic PONG, owed once
+    assert proto.data_to_send() == b""
+    frame = proto.connect_frame({"verbose": False})
+    assert frame == b'CONNECT {"verbose":false}\r\nPING\r\n' and proto.state == p.AWAIT_PONG
+    proto.receive_handshake(b"+OK\r\nPONG\r\nMSG a 1 2\r\nhi\r\n")
+    assert proto.state == p.OPEN
+    assert proto.early == [(1, b"a", 1, None, b"hi", None)]  # after the PONG: for the reader
+
+
+def test_client_protocol_refusal_is_sorted() -> None:
+    proto = p.ClientProtocol("nats://h:4222")
+    proto.receive_handshake(_INFO)
+    proto.connect_frame({})
+    with pytest.raises(AuthenticationError, match="refused the credentials"):
+        proto.receive_handshake(b"-ERR 'Authorization Violation'\r\n")
+    err = proto.on_err("Permissions Violation for Subscription to \"a.b\" using queue \"q\"")
+    assert isinstance(err, PermissionViolationError)
+    assert (err.operation, err.subject, err.queue) == ("subscribe", "a.b", "q")
+    assert type(proto.on_err("Unknown Protocol Operation")) is Error
+
+
+def test_client_protocol_rejects_connect_before_info_and_http_answers() -> None:
+    with pytest.raises(ProtocolError, match="before the server's INFO"):
+        p.ClientProtocol().connect_frame({})
+    with pytest.raises(WebSocketError, match="answered with HTTP"):
+        p.ClientProtocol().receive_handshake(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    with pytest.raises(ProtocolError, match="unexpected"):
+        p.ClientProtocol().receive_handshake(b"MSG a 1 2\r\nhi\r\n")
+
+
+def test_client_protocol_bounds_an_announced_max_payload() -> None:
+    proto = p.ClientProtocol()
+    proto.receive_handshake(b'INFO {"max_payload": 1000000000000}\r\n')
+    assert proto.max_payload == 64 * 1024 * 1024
+
+
+def test_client_protocol_keepalive_and_stale_detection_with_time_passed_in() -> None:
+    proto = p.ClientProtocol(ping_interval=10.0, max_outstanding_pings=2, now=100.0)
+    assert proto.keepalive(105.0) is None
+    assert proto.keepalive(110.0) == p.PING_DUE and proto.pings_out == 1
+    assert proto.keepalive(115.0) is None
+    assert proto.keepalive(120.0) == p.PING_DUE and proto.pings_out == 2
+    proto.on_pong()  # answered: the count starts again
+    assert proto.pings_out == 0
+    assert proto.keepalive(130.0) == p.PING_DUE
+    assert proto.keepalive(140.0) == p.PING_DUE
+    assert proto.keepalive(150.0) == p.STALE  # two unanswered: stale (nats.go's rule)
+    assert proto.next_ping == 160.0
+
+
+def test_client_protocol_merges_info_and_sees_lame_duck() -> None:
+    proto = p.ClientProtocol()
+    proto.receive_handshake(_INFO)
+    assert proto.on_info({"connect_urls": ["10.0.0.2:4222"]}) is False
+    assert proto.info["server_id"] == "S" and proto.info["connect_urls"] == ["10.0.0.2:4222"]
+    assert proto.on_info({"ldm": True}) is True
+    assert proto.on_ping() == b"PONG\r\n"

@@ -1,0 +1,124 @@
+"""Transports: TCP, TLS and WebSocket, behind one small interface.
+
+A transport moves bytes between the network and the Sans-I/O protocol. All three have the
+socket methods the connection uses (:class:`Transport`): a plain TCP socket, :class:`TLSStream`
+(TLS in memory, shared safely by the reader and writer threads) and :class:`WebSocketStream`
+(NATS bytes in binary WebSocket frames, over TCP or TLS). This module opens and layers them:
+TCP with every address of a host name tried within one deadline, then TLS, then WebSocket.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from typing import Any, Optional, Protocol, Union
+
+from .errors import TLSError
+from .pool import ServerAddr
+from .tls import TLSStream
+from .websocket import WebSocketStream
+
+log = logging.getLogger("telestion_sync.transport")
+
+
+class Transport(Protocol):
+    """What the connection needs of a transport: blocking reads and writes with a timeout,
+    and a way to end it while other threads are blocked on it."""
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" once the peer closed the connection."""
+        ...
+
+    def sendall(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Send all of ``data`` (``socket.timeout`` when it cannot within the timeout)."""
+        ...
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        """The timeout of each blocking call."""
+        ...
+
+    def shutdown(self, how: int) -> None:
+        """End the connection; threads blocked on it return."""
+        ...
+
+    def close(self) -> None:
+        """Release the descriptor (only once no thread uses it)."""
+        ...
+
+
+def open_tcp(host: str, port: int, deadline: float) -> socket.socket:
+    """A TCP connection to ``host:port``. A name with several addresses (``localhost``: ``::1``
+    and ``127.0.0.1``) is tried address by address, all within one deadline: each address gets
+    an equal share of the time left (at least half a second, if there is that much), so one
+    that does not answer cannot use up the time of the others."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: Optional[OSError] = None
+    for i, (family, kind, proto, _, sockaddr) in enumerate(infos):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        share = max(left / (len(infos) - i), min(left, 0.5))
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(share)
+            sock.connect(sockaddr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+            log.debug("connecting to %s (%s) failed: %s", host, sockaddr[0], exc)
+    if last is not None:
+        raise last
+    raise socket.timeout(f"no address of {host} answered in time")
+
+
+def hang_up(sock: Any) -> None:
+    """End a connection without closing the socket: threads blocked on it see EOF or an error
+    at once, and the one that owns it closes it (the connection's ``_release``). Closing it under
+    a blocked thread would free the descriptor number for reuse by another socket."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def start_tls(sock: Any, ctx: ssl.SSLContext, url: str, host: str, deadline: float) -> TLSStream:
+    """TLS over ``sock`` (handshake done by ``deadline``); the certificate is checked against
+    ``host``. Failures are :class:`TLSError` saying what to check."""
+    stream = TLSStream(sock, ctx, host)
+    try:
+        stream.handshake(deadline)
+    except ssl.SSLCertVerificationError as exc:
+        raise TLSError(
+            f"the TLS certificate of {host} ({url}) is not trusted: {exc.verify_message}"
+        ) from None
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or exc)
+        hint = ""
+        if "HANDSHAKE_FAILURE" in reason.upper() or "CERTIFICATE" in reason.upper():
+            hint = "; does the server require a client certificate (tls_cert_file, tls_key_file)?"
+        raise TLSError(f"TLS handshake with {host} ({url}) failed: {reason}{hint}") from None
+    return stream
+
+
+def start_websocket(
+    sock: Any, addr: ServerAddr, secure: bool, compression: bool, deadline: float
+) -> WebSocketStream:
+    """The WebSocket upgrade over ``sock`` (TCP, or TLS for wss://), done by ``deadline``."""
+    stream = WebSocketStream(
+        sock,
+        addr.host,
+        addr.port,
+        secure=secure,
+        path=addr.path,
+        compression=compression,
+        label=addr.url,
+    )
+    stream.handshake(deadline)
+    return stream
+
+
+__all__ = ["Transport", "open_tcp", "hang_up", "start_tls", "start_websocket", "TLSStream", "WebSocketStream"]
