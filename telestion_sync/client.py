@@ -31,7 +31,6 @@ from .connection import (
     DEFAULT_RECONNECT_JITTER,
     DEFAULT_RECONNECT_TIME_WAIT,
     DEFAULT_WRITE_TIMEOUT,
-    WRITE_HIGH_WATER,
     Connection,
     Handler,
     State,
@@ -480,23 +479,7 @@ class MessageBus(Handler):
             conn = self._conn
             n = len(data)
             if sb is not None and n <= conn.inline_max:
-                frame = b"PUB %s %d\r\n%s\r\n" % (sb, n, data)
-                with conn._wlock:
-                    if conn.connected:
-                        buf = conn._wbuf
-                        buf += frame
-                        conn.out_msgs += 1
-                        conn.out_bytes += n
-                        if conn._writer_waiting:
-                            conn._writer_waiting = False
-                            conn._wcond.notify()
-                        if len(buf) <= WRITE_HIGH_WATER:
-                            return
-                        frame = b""
-                if frame:
-                    conn.write(frame, 1, n)  # disconnected: the reconnect buffer decides
-                else:
-                    conn.send_now()  # over the high-water mark: send it ourselves
+                conn.write_small(b"PUB %s %d\r\n%s\r\n" % (sb, n, data), n)
                 return
         if reply is not None or headers is not None or codec is not None:
             check_publish(reply, headers, codec)  # off the fast path, which takes none of these

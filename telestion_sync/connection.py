@@ -506,6 +506,26 @@ class Connection:
         if big:
             self.send_now(block)
 
+    def write_small(self, frame: bytes, nbytes: int) -> None:
+        """Queue one small message frame (``nbytes`` of payload): the publish fast path, the
+        same as :meth:`write` with the common case inline."""
+        with self._wlock:
+            if self.connected:
+                buf = self._wbuf
+                buf += frame
+                self.out_msgs += 1
+                self.out_bytes += nbytes
+                if self._writer_waiting:
+                    self._writer_waiting = False
+                    self._wcond.notify()
+                if len(buf) <= WRITE_HIGH_WATER:
+                    return
+                frame = b""
+        if frame:
+            self.write(frame, 1, nbytes)  # disconnected: the reconnect buffer decides
+        else:
+            self.send_now()  # over the high-water mark: send it ourselves (backpressure)
+
     def write_control(self, frame: bytes) -> None:
         """Queue a SUB/UNSUB frame. While disconnected it is dropped: the client's state is
         replayed on reconnect instead (``Handler._resubscribe_frames``)."""

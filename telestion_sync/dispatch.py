@@ -36,7 +36,7 @@ STALL = 0.05
 #: A worker with nothing to do for this long ends.
 IDLE_TIMEOUT = 5.0
 #: Messages one worker delivers from one subscription before it serves the next (fairness).
-BATCH = 64
+BATCH = 256
 #: Workers started without waiting for the watchdog (callbacks are Python: more threads than
 #: this only help callbacks that block).
 CORE = max(2, min(8, os.cpu_count() or 2))
