@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
-import queue as _queue
 import secrets
 import ssl
 import threading
@@ -74,6 +73,7 @@ from .protocol import (
     validate_queue,
     validate_subject,
 )
+from .status import StatusDispatcher
 from .subscription import (
     DEFAULT_PENDING_BYTES_LIMIT,
     DEFAULT_PENDING_MSGS_LIMIT,
@@ -92,8 +92,6 @@ DEFAULT_SERVER = "nats://127.0.0.1:4222"
 DEFAULT_TIMEOUT = 5.0
 _SUBJECT_CACHE_SIZE = 4096
 _CLOSED: Any = object()  # a request slot's value when the bus closed under it
-#: Distinct errors waiting for the status thread at most; identical ones are coalesced.
-MAX_QUEUED_ERRORS = 1000
 
 ErrorCallback = Callable[[BaseException], Any]
 
@@ -160,11 +158,6 @@ class SubjectCache:
 
     def __len__(self) -> int:
         return len(self.young) + len(self.old)
-
-
-def log_error(err: BaseException) -> None:
-    """What happens to a reported error when no ``on_error`` handler was given."""
-    log.warning("%s: %s", type(err).__name__, err)
 
 
 _live_buses: weakref.WeakSet[MessageBus] = weakref.WeakSet()
@@ -241,10 +234,8 @@ class MessageBus(Handler):
         self._default_codec = _codecs.get_codec(default_codec, _codecs.JSON)
         self._pending_msgs_limit = pending_msgs_limit
         self._pending_bytes_limit = pending_bytes_limit
-        self._on_error = on_error
         self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
-        self._on_close = on_close
         self._on_discovered = on_discovered_servers
         self._on_lame_duck_cb = on_lame_duck
         self._inbox_prefix = inbox_prefix
@@ -298,25 +289,16 @@ class MessageBus(Handler):
         self._resp_error: Optional[PermissionViolationError] = None  # the inbox was denied
         self._gathers: Dict[Subscription, str] = {}  # request_many() inboxes -> request subject
         self._req_ids = itertools.count(1)
-        self._errors = 0  # written by _report_error (under _error_lock)
-        self._error_lock = threading.Lock()
-        self._queued_errors: Dict[Any, BaseException] = {}  # (type, text) -> the queued one
-        self._shed_errors = 0  # reported while MAX_QUEUED_ERRORS distinct ones were queued
         self._last_server_error: Optional[BaseException] = None
         self._closed = False
         self._close_lock = threading.Lock()
-        self._status_q: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
-        self._status_thread: Optional[threading.Thread] = None
-        self._listeners: List[Callable[[State], Any]] = []  # copied on write, read lock-free
+        self._status = StatusDispatcher(on_error, on_close)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def _connect(self) -> None:
         self._conn.connect()
-        self._status_thread = threading.Thread(
-            target=self._status_loop, name="telestion_sync-status", daemon=True
-        )
-        self._status_thread.start()
+        self._status.start()
         _live_buses.add(self)
 
     @property
@@ -388,7 +370,7 @@ class MessageBus(Handler):
             conn.out_msgs,
             conn.out_bytes,
             conn.reconnects,
-            self._errors,
+            self._status.errors,
             self._unrouted,
             self._dropped_gone + sum(sub.dropped for sub in subs),
             len(self._resp_map) + len(self._gathers),
@@ -417,11 +399,8 @@ class MessageBus(Handler):
         for sub in subs:
             sub._join(max(0.0, deadline - time.monotonic()))
         self._dispatcher.close(max(0.0, deadline - time.monotonic()))
-        self._status_q.put((self._tell_listeners, (State.CLOSED,)))
-        self._status_q.put(None)
-        t = self._status_thread
-        if t is not None and t is not threading.current_thread():
-            t.join(2.0)
+        self._status.tell(State.CLOSED)
+        self._status.close()
 
     def drain(self, timeout: float = 10.0) -> None:
         """Stop receiving, deliver what is pending to callbacks, send what is buffered, close.
@@ -905,35 +884,19 @@ class MessageBus(Handler):
             self._report_error(
                 err if isinstance(err, Error) else ConnectionClosedError(f"connection lost: {err}")
             )
-        self._status_q.put((self._on_disconnect, ()))
-        self._status_q.put((self._tell_listeners, (State.RECONNECTING,)))
+        self._status.post(self._on_disconnect)
+        self._status.tell(State.RECONNECTING)
 
     def _on_reconnected(self) -> None:
-        self._status_q.put((self._on_reconnect, ()))
-        self._status_q.put((self._tell_listeners, (State.CONNECTED,)))
+        self._status.post(self._on_reconnect)
+        self._status.tell(State.CONNECTED)
 
     def add_status_listener(self, listener: Callable[[State], Any]) -> Callable[[], None]:
         """Call ``listener(state)`` on the status thread whenever the connection is lost
         (``State.RECONNECTING``), back (``State.CONNECTED``) or closed for good
         (``State.CLOSED``). For layers built on the bus (JetStream consumers re-pull after a
         reconnect). Returns a function that removes the listener."""
-        if not callable(listener):
-            raise TypeError(f"listener must be callable, not {type(listener).__name__}")
-        with self._close_lock:
-            self._listeners = [*self._listeners, listener]
-
-        def remove() -> None:
-            with self._close_lock:
-                self._listeners = [f for f in self._listeners if f is not listener]
-
-        return remove
-
-    def _tell_listeners(self, state: State) -> None:
-        for listener in self._listeners:
-            try:
-                listener(state)
-            except Exception:
-                log.exception("status listener %r raised", listener)
+        return self._status.add_listener(listener)
 
     def _on_connection_closed(self, err: BaseException) -> None:
         if err is not self._last_server_error:  # a refusal was reported when it came
@@ -941,10 +904,10 @@ class MessageBus(Handler):
         self.close()
 
     def _on_discovered_servers(self, urls: List[str]) -> None:
-        self._status_q.put((self._on_discovered, (urls,)))
+        self._status.post(self._on_discovered, urls)
 
     def _on_lame_duck(self) -> None:
-        self._status_q.put((self._on_lame_duck_cb, ()))
+        self._status.post(self._on_lame_duck_cb)
 
     def _resubscribe_frames(self) -> bytes:
         """SUB frames for every live subscription (with the auto-unsubscribe remainders) and
@@ -968,54 +931,9 @@ class MessageBus(Handler):
     # --- status callbacks --------------------------------------------------------------------
 
     def _report_error(self, err: BaseException) -> None:
-        """Count an error and hand it to ``on_error`` on the status thread (or log it).
-
-        The queue is bounded: an error identical (type and text) to one still queued is
-        coalesced into it (its ``repeated`` count grows), and past ``MAX_QUEUED_ERRORS``
-        distinct ones the rest are counted and reported as one summary. ``stats.errors``
-        counts every one."""
-        key = (type(err), str(err))
-        with self._error_lock:
-            self._errors += 1
-            queued = self._queued_errors.get(key)
-            if queued is not None:
-                queued.repeated += 1  # type: ignore[attr-defined]
-                return
-            if len(self._queued_errors) >= MAX_QUEUED_ERRORS:
-                self._shed_errors += 1
-                return
-            err.repeated = 1  # type: ignore[attr-defined]
-            self._queued_errors[key] = err
-        self._status_q.put((self._deliver_error, (key,)))
-
-    def _deliver_error(self, key: Any) -> None:
-        with self._error_lock:
-            err = self._queued_errors.pop(key)
-            shed, self._shed_errors = self._shed_errors, 0
-        handler = self._on_error or log_error
-        handler(err)
-        if shed:
-            summary = Error(f"{shed} further error(s) were not reported one by one (error queue full)")
-            summary.repeated = shed
-            handler(summary)
-
-    def _status_loop(self) -> None:
-        while True:
-            item = self._status_q.get()
-            if item is None:
-                break
-            fn, args = item
-            if fn is None:
-                continue
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("status callback %r raised", fn)
-        if self._on_close is not None:
-            try:
-                self._on_close()
-            except Exception:
-                log.exception("on_close callback raised")
+        """Count an error and hand it to ``on_error`` on the status thread (or log it);
+        bounded and coalesced (see :mod:`telestion_sync.status`)."""
+        self._status.report_error(err)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1030,8 +948,9 @@ class MessageBus(Handler):
     def threads(self) -> List[threading.Thread]:
         """Every live thread of this bus (reader, writer, status, subscription threads)."""
         found = list(self._conn.threads)
-        if self._status_thread is not None and self._status_thread.is_alive():
-            found.append(self._status_thread)
+        status = self._status.thread
+        if status is not None:
+            found.append(status)
         for sub in list(self._subs.values()):  # a copy: other threads (un)subscribe meanwhile
             if sub._thread is not None and sub._thread.is_alive():
                 found.append(sub._thread)

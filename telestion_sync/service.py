@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 from . import codecs as _codecs
-from .client import MessageBus, connect, log_error
+from .client import MessageBus, connect
 from .config import Config, load_config
 from .errors import ConfigError, Error
 from .message import Message
@@ -38,6 +38,7 @@ from .options import (
     check_subject,
     check_timeout,
 )
+from .status import log_error
 from .subscription import Subscription
 
 log = logging.getLogger("telestion_sync.service")

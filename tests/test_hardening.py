@@ -14,9 +14,10 @@ from typing import Any, List, Optional
 import pytest
 
 import telestion_sync as ts
-from telestion_sync.client import MAX_QUEUED_ERRORS, MessageBus, SubjectCache
+from telestion_sync.client import MessageBus, SubjectCache
 from telestion_sync.connection import WRITE_HIGH_WATER, Connection
 from telestion_sync.server import NatsServer
+from telestion_sync.status import MAX_QUEUED_ERRORS
 
 from .conftest import ErrorLog, join_all, wait_until
 from .proxy import TCPProxy
