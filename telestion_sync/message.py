@@ -218,9 +218,9 @@ class Message:
         return f"<Message subject={self.subject!r}{extra} payload={shown!r}{more}>"
 
     def _repr_html_(self) -> str:
-        import html
+        from ._html import message_html
 
-        return "<code>" + html.escape(repr(self)) + "</code>"
+        return message_html(self)
 
     @property
     def responded(self) -> bool:

@@ -91,3 +91,17 @@ def test_progress_on_a_terminal() -> None:
     with ts.Progress(10, stream=quiet) as p:  # not a terminal: nothing drawn
         p.update(5)
     assert quiet.getvalue() == ""
+
+
+def test_rich_html(js_server: NatsServer) -> None:
+    with ts.connect(js_server.url) as bus:
+        sub = bus.subscribe("html.x")
+        assert "<b>Subscription" in sub._repr_html_() and "html.x" in sub._repr_html_()
+        js = bus.jetstream()
+        info = js.create_stream("HT", subjects=["ht.>"])
+        assert "config.name" in info._repr_html_() and "HT" in info._repr_html_()
+        ack = js.publish("ht.a", {"a": "<b>"})
+        assert "<b>PubAck</b>" in ack._repr_html_()
+        msg = js.get_msg("HT", ack.seq)
+        assert "&lt;b&gt;" in msg._repr_html_()  # escaped
+        assert "data" in ts.Message("a", b"{}")._repr_html_()
