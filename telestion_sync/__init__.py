@@ -16,6 +16,7 @@ from .client import MessageBus, Stats, connect
 from .codecs import CBORCodec, Codec, JSONCodec, RawCodec
 from .config import Config, load_config
 from .connection import State
+from .dataframe import MissingExtraError, history_dataframe, to_dataframe
 from .errors import (
     AuthenticationError,
     BadSubjectError,
@@ -69,6 +70,18 @@ from .jetstream import (
     WrongLastSequenceError,
 )
 from .message import Message
+from .notebook import LivePlot, live_plot
+from .operator import Waiter
+from .progress import Progress
+from .recording import (
+    RecordedMessage,
+    Recorder,
+    Recording,
+    RecordingWarning,
+    ReplaySummary,
+    load_recording,
+    replay,
+)
 from .service import Service, discover_services, start_service
 from .subscription import Subscription, SubscriptionClosedError
 
@@ -139,4 +152,19 @@ __all__ = [
     "NoHeartbeatError",
     "NotAckableError",
     "InvalidArgumentError",
+    # operators and notebooks
+    "Waiter",
+    "Recorder",
+    "Recording",
+    "RecordedMessage",
+    "RecordingWarning",
+    "ReplaySummary",
+    "load_recording",
+    "replay",
+    "to_dataframe",
+    "history_dataframe",
+    "MissingExtraError",
+    "live_plot",
+    "LivePlot",
+    "Progress",
 ]

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
-from . import cli_jetstream
+from . import cli_jetstream, cli_ops
 from ._version import __version__
 from .client import MessageBus, connect
 from .errors import (
@@ -176,7 +176,8 @@ def _add_connection_options(p: argparse.ArgumentParser) -> None:
 
 
 def _connect(args: argparse.Namespace, errors: _ErrorLog, **extra: Any) -> MessageBus:
-    """Connect without reconnecting; the bus reports its errors to ``errors`` (not to a log)."""
+    """Connect (without reconnecting unless ``allow_reconnect=True`` is passed); the bus reports
+    its errors to ``errors`` (not to a log)."""
     server = args.server or os.environ.get("NATS_URL") or "localhost:4222"
     user = args.user if args.user is not None else os.environ.get("NATS_USER")
     password = args.password if args.password is not None else os.environ.get("NATS_PASSWORD")
@@ -192,9 +193,8 @@ def _connect(args: argparse.Namespace, errors: _ErrorLog, **extra: Any) -> Messa
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         connect_timeout=args.connect_timeout,
-        allow_reconnect=False,
         on_error=errors,
-        **extra,
+        **{"allow_reconnect": False, **extra},
     )
 
 
@@ -613,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_options(p)
     p.set_defaults(func=cmd_bench)
     cli_jetstream.add_parsers(sub)
+    cli_ops.add_parsers(sub)
     return parser
 
 

@@ -563,6 +563,83 @@ class MessageBus(Handler):
 
         return JetStream(self, domain=domain, api_prefix=api_prefix, timeout=timeout)
 
+    # --- operator helpers (operator.py, recording.py) ----------------------------------------
+
+    def wait_for(
+        self,
+        subject: str,
+        predicate: Optional[Callable[[Message], Any]] = None,
+        *,
+        timeout: float,
+        latest: bool = False,
+        stream: Optional[str] = None,
+    ) -> Message:
+        """Block until a message on ``subject`` (wildcards allowed) arrives for which
+        ``predicate(msg)`` is true (any message without one) and return it; raise
+        :class:`TimeoutError` naming the subject and the last value seen after ``timeout`` s.
+
+        Only messages that arrive after the call count; ``latest=True`` tests the latest value
+        stored in JetStream first (in ``stream``, default: the stream that captures
+        ``subject``). A predicate that raises counts as no match; it is logged and named in
+        the timeout error. Costs a subscription, no thread; goes on waiting across reconnects.
+        """
+        from .operator import wait_for
+
+        return wait_for(self, subject, predicate, timeout=timeout, latest=latest, stream=stream)
+
+    def wait_for_many(
+        self,
+        subject: str,
+        count: int,
+        predicate: Optional[Callable[[Message], Any]] = None,
+        *,
+        timeout: float,
+        latest: bool = False,
+        stream: Optional[str] = None,
+    ) -> List[Message]:
+        """Like :meth:`wait_for`, for the first ``count`` matching messages (a list)."""
+        from .operator import wait_for_many
+
+        return wait_for_many(
+            self, subject, count, predicate, timeout=timeout, latest=latest, stream=stream
+        )
+
+    def expect(
+        self, subject: str, predicate: Optional[Callable[[Message], Any]] = None, *, count: int = 1
+    ) -> Any:
+        """A :class:`~telestion_sync.operator.Waiter` subscribed now: create it before the
+        command whose telemetry you wait for, then ``w.wait(timeout)`` (no race)."""
+        from .operator import Waiter
+
+        return Waiter(self, subject, predicate, count=count)
+
+    def record(
+        self,
+        subjects: Union[str, Sequence[str]],
+        path: Any,
+        *,
+        format: Optional[str] = None,  # noqa: A002 - the documented name
+        rotate_bytes: Optional[int] = None,
+        rotate_seconds: Optional[float] = None,
+        flush_interval: float = 1.0,
+    ) -> Any:
+        """Record every message on ``subjects`` to ``path`` (``.jsonl`` JSON Lines or
+        ``.cbor`` CBOR sequence), byte-exact with receive time, reply and headers.
+
+        Returns a started :class:`~telestion_sync.recording.Recorder`: use it as a context
+        manager or call ``stop()``. See :mod:`telestion_sync.recording`."""
+        from .recording import Recorder
+
+        return Recorder(
+            self,
+            subjects,
+            path,
+            format=format,
+            rotate_bytes=rotate_bytes,
+            rotate_seconds=rotate_seconds,
+            flush_interval=flush_interval,
+        ).start()
+
     # --- subscribing -------------------------------------------------------------------------
 
     def subscribe(

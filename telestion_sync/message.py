@@ -61,6 +61,7 @@ class Message:
         "reply",
         "payload",
         "_hraw",
+        "_hblock",
         "_hdict",
         "_status",
         "_description",
@@ -83,6 +84,7 @@ class Message:
         self.payload = payload
         self._hdict = headers
         self._hraw = raw_headers  # the received block, until it is parsed
+        self._hblock = raw_headers  # the received block, kept (recordings keep it exact)
         self._status: Optional[int] = None
         self._description = ""
         self._ctx = ctx
@@ -118,6 +120,13 @@ class Message:
         """The message headers (an empty dict when it had none)."""
         h = self._headers
         return h if h is not None else {}
+
+    @property
+    def header_block(self) -> Optional[bytes]:
+        """The header block exactly as received (``NATS/1.0`` line, every ``Key: Value`` line
+        in order, repeated keys apart), or None (no headers, or a message built locally).
+        ``headers`` joins a repeated key's values; recorders keep them apart from this."""
+        return self._hblock
 
     @property
     def status(self) -> Optional[int]:
@@ -209,9 +218,9 @@ class Message:
         return f"<Message subject={self.subject!r}{extra} payload={shown!r}{more}>"
 
     def _repr_html_(self) -> str:
-        import html
+        from ._html import message_html
 
-        return "<code>" + html.escape(repr(self)) + "</code>"
+        return message_html(self)
 
     @property
     def responded(self) -> bool:

@@ -467,6 +467,11 @@ class Subscription(MessageContext):
             f"pending={self.pending} delivered={self.delivered} dropped={self.dropped}>"
         )
 
+    def _repr_html_(self) -> str:
+        from ._html import subscription_html
+
+        return subscription_html(self)
+
 
 def wake_all(subs: List[Subscription]) -> None:
     """Wake the consumers of the subscriptions a read batch touched."""

@@ -51,3 +51,7 @@ def test_telemetry_notebook_runs_headless(server: NatsServer, monkeypatch: pytes
     assert "subject" in texts and "value" in texts  # the table header
     assert "42" in texts  # request/reply inside the kernel
     assert "True" in texts  # bus.is_closed at the end
+    assert "timed out: no matching message on 'telemetry.>'" in texts  # wait_for
+    assert "<Recording " in texts and "replayed " in texts  # record, load, replay
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images  # the static plot and the live plot

@@ -720,7 +720,9 @@ class JetStream:
             opt_start_time=t_start,
             timeout=wait,
         )
-        out: List[JetStreamMessage] = []
+        from ..dataframe import MessageList
+
+        out: List[JetStreamMessage] = MessageList()  # a list with .to_dataframe()
         try:
             if oc._initial_pending == 0:
                 return out

@@ -178,6 +178,12 @@ class JetStreamMessage:
         body = _TERM if not reason else _TERM + b" " + reason.encode()
         self._bus.publish(reply, body)
 
+    def _repr_html_(self) -> str:
+        from .._html import message_html
+
+        md = self.metadata
+        return message_html(self, f"JetStream message {md.stream} #{md.sequence.stream}")
+
     def __repr__(self) -> str:
         try:
             m = self.metadata
@@ -217,6 +223,11 @@ class StoredMessage:
             raise DecodeError(
                 f"stored message {self.seq} on {self.subject!r} does not decode: {exc}"
             ) from exc
+
+    def _repr_html_(self) -> str:
+        from .._html import message_html
+
+        return message_html(self, f"Stored message {self.stream} #{self.seq}")
 
 
 def parse_header_block(block: bytes) -> Dict[str, str]:

@@ -313,6 +313,11 @@ class StreamInfo:
     ts: Optional[datetime] = opt("time")
     extra: Dict[str, Any] = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        from .._html import dataclass_html
+
+        return dataclass_html(self)
+
 
 # --- consumers --------------------------------------------------------------------------------
 
@@ -379,6 +384,11 @@ class ConsumerInfo:
     ts: Optional[datetime] = opt("time")
     extra: Dict[str, Any] = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        from .._html import dataclass_html
+
+        return dataclass_html(self)
+
 
 # --- publish and messages ---------------------------------------------------------------------
 
@@ -392,6 +402,11 @@ class PubAck:
     seq: int
     duplicate: bool = False
     domain: Optional[str] = None
+
+    def _repr_html_(self) -> str:
+        from .._html import dataclass_html
+
+        return dataclass_html(self)
 
 
 @dataclass
