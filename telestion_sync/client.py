@@ -73,6 +73,8 @@ from .protocol import (
     validate_queue,
     validate_subject,
 )
+from .request_mux import CLOSED as REQUEST_CLOSED
+from .request_mux import RequestMux
 from .status import StatusDispatcher
 from .subscription import (
     DEFAULT_PENDING_BYTES_LIMIT,
@@ -91,7 +93,6 @@ log = logging.getLogger("telestion_sync.client")
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 DEFAULT_TIMEOUT = 5.0
 _SUBJECT_CACHE_SIZE = 4096
-_CLOSED: Any = object()  # a request slot's value when the bus closed under it
 
 ErrorCallback = Callable[[BaseException], Any]
 
@@ -280,15 +281,8 @@ class MessageBus(Handler):
         self._dropped_gone = 0  # slow-consumer drops of subscriptions that have ended
         self._touched: List[Subscription] = []
         # Requests: one wildcard subscription, replies matched by the last token.
-        self._resp_lock = threading.Lock()
-        self._resp_sid = -1
-        self._resp_prefix = b""
-        self._resp_prefix_len = 0
-        self._resp_map: Dict[bytes, List[Any]] = {}
-        self._reply_ctx = MessageContext(self)
-        self._resp_error: Optional[PermissionViolationError] = None  # the inbox was denied
+        self._requests = RequestMux(inbox_prefix, lambda: next(self._sids), MessageContext(self))
         self._gathers: Dict[Subscription, str] = {}  # request_many() inboxes -> request subject
-        self._req_ids = itertools.count(1)
         self._last_server_error: Optional[BaseException] = None
         self._closed = False
         self._close_lock = threading.Lock()
@@ -373,7 +367,7 @@ class MessageBus(Handler):
             self._status.errors,
             self._unrouted,
             self._dropped_gone + sum(sub.dropped for sub in subs),
-            len(self._resp_map) + len(self._gathers),
+            self._requests.pending + len(self._gathers),
         )
 
     def close(self) -> None:
@@ -388,7 +382,7 @@ class MessageBus(Handler):
             self._closed = True
         _live_buses.discard(self)
         self._conn.close()
-        self._fail_requests()
+        self._requests.fail_all()
         subs = list(self._subs.values())
         for sub in subs:
             self._remove_sub(sub.sid)
@@ -743,17 +737,6 @@ class MessageBus(Handler):
 
     # --- request / reply ---------------------------------------------------------------------
 
-    def _ensure_resp_sub(self) -> None:
-        with self._resp_lock:
-            if self._resp_sid > 0:
-                return
-            prefix = f"{self._inbox_prefix}.{secrets.token_hex(11)}."
-            sid = next(self._sids)
-            self._resp_prefix = prefix.encode()
-            self._resp_prefix_len = len(self._resp_prefix)
-            self._conn.write_control(encode_sub(self._resp_prefix + b"*", sid))
-            self._resp_sid = sid
-
     def request(
         self,
         subject: str,
@@ -771,45 +754,22 @@ class MessageBus(Handler):
         """
         check_request(subject, timeout, headers, codec)
         self._check_open()
-        if self._resp_sid < 0:
-            self._ensure_resp_sub()
-        if self._resp_error is not None:
-            raise self._resp_error
-        token = b"%d" % next(self._req_ids)
-        lock = threading.Lock()
-        lock.acquire()
-        slot: List[Any] = [lock, None, subject]
+        mux = self._requests
+        mux.ensure_inbox(self._conn.write_control)
         deadline = time.monotonic() + timeout
-        self._resp_map[token] = slot
+        reply, slot = mux.open(subject)
         try:
-            self._publish(subject, data, self._resp_prefix + token, headers, codec, True)
-            if not self._wait(lock, deadline):
+            self._publish(subject, data, reply, headers, codec, True)
+            if not self._wait(slot.lock, deadline):
                 raise TimeoutError(f"no reply to request on {subject!r} within {timeout} s")
         finally:
-            self._resp_map.pop(token, None)
-        msg = slot[1]
+            mux.close_slot(reply)
+        msg = slot.value
         if isinstance(msg, BaseException):
             raise msg
-        if msg is _CLOSED:
+        if msg is REQUEST_CLOSED:
             raise self._closed_error(f"the bus closed while waiting for a reply on {subject!r}")
         return _check_reply(subject, msg)
-
-    def _on_response(self, subject: bytes, payload: bytes, hdr: Optional[bytes]) -> None:
-        slot = self._resp_map.pop(subject[self._resp_prefix_len :], None)
-        if slot is None:
-            return  # a late or duplicate reply; its request already returned
-        slot[1] = Message(_text(subject), payload, None, None, self._reply_ctx, hdr)
-        slot[0].release()
-
-    def _fail_requests(self, err: Any = _CLOSED) -> None:
-        slots = list(self._resp_map.values())
-        self._resp_map.clear()
-        for slot in slots:
-            slot[1] = err
-            try:
-                slot[0].release()
-            except RuntimeError:
-                pass
 
     def request_many(
         self,
@@ -909,8 +869,8 @@ class MessageBus(Handler):
 
     def _on_msg(self, event: Event) -> None:
         _, subject, sid, reply, payload, hdr = event
-        if sid == self._resp_sid:
-            self._on_response(subject, payload, hdr)
+        if sid == self._requests.sid:
+            self._requests.on_reply(subject, payload, hdr)
             return
         sub = self._subs.get(sid)
         if sub is None:
@@ -937,20 +897,14 @@ class MessageBus(Handler):
     def _on_permission_violation(self, err: PermissionViolationError) -> None:
         """Fail what the denial hits: the subscriptions on that subject, or the requests
         published to it (or all requests, when their reply inbox may not be subscribed)."""
+        if self._requests.on_permission_violation(err):
+            return  # the reply inbox was denied: every request failed
         if err.operation == "subscribe":
-            if self._resp_sid > 0 and err.subject == (self._resp_prefix + b"*").decode():
-                self._resp_error = err
-                self._fail_requests(err)
-                return
             for sub in list(self._subs.values()):
                 if sub.subject == err.subject and (err.queue is None or sub.queue == err.queue):
                     self._remove_sub(sub.sid)
                     sub._close(err)
         else:
-            for token, slot in list(self._resp_map.items()):
-                if slot[2] == err.subject and self._resp_map.pop(token, None) is slot:
-                    slot[1] = err
-                    slot[0].release()
             for sub, subject in list(self._gathers.items()):
                 if subject == err.subject:  # a request_many() to the denied subject
                     self._unsubscribe(sub)
@@ -989,12 +943,7 @@ class MessageBus(Handler):
     def _resubscribe_frames(self) -> bytes:
         """SUB frames for every live subscription (with the auto-unsubscribe remainders) and
         the request inbox; sent first on a new connection."""
-        frames = []
-        if self._resp_sid > 0:
-            frames.append(encode_sub(self._resp_prefix + b"*", self._resp_sid))
-            # Tried again on the new connection: if it is still denied, the server says so
-            # again (cleared here, before the new reader can deliver that answer).
-            self._resp_error = None
+        frames = [self._requests.resubscribe_frame()]
         for sub in list(self._subs.values()):
             if sub._draining:
                 continue

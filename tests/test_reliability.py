@@ -559,7 +559,7 @@ def test_requests_while_disconnected_wait_for_the_reconnect(server: NatsServer) 
     result: List[Any] = []
     t = threading.Thread(target=lambda: result.append(bus.request("wait.echo", 1, timeout=10)))
     t.start()
-    wait_until(lambda: bool(bus._resp_map), what="the request registered")
+    wait_until(lambda: bus.stats.pending_requests == 1, what="the request registered")
     server.restart()
     t.join(15)
     assert result and result[0].data == 1
@@ -581,7 +581,7 @@ def test_ctrl_c_interrupts_a_blocking_call_and_leaves_the_bus_usable(bus: ts.Mes
     assert time.monotonic() - start < 5
     timer.join(5)
     assert bus.request("alive", timeout=2).data == "yes"
-    assert not bus._resp_map
+    assert bus.stats.pending_requests == 0
 
 
 def test_status_listeners_see_disconnect_reconnect_and_close(server: NatsServer) -> None:

@@ -709,8 +709,8 @@ def test_failover_to_a_discovered_server_keeps_tls(
         ) as bus:
             pull = bus.subscribe("tls.failover")
             bus.flush()
-            discovered = {a.port for a in bus._conn.discovered_servers}
-            assert {n.port for n in cluster.nodes[1:]} <= discovered, bus._conn.discovered_servers
+            discovered = {int(url.rsplit(":", 1)[1]) for url in bus.discovered_servers}
+            assert {n.port for n in cluster.nodes[1:]} <= discovered, bus.discovered_servers
             first.kill()
             assert reconnected.wait(15), "did not move to a discovered server"
             port = int((bus.connected_url or "").rsplit(":", 1)[1])
