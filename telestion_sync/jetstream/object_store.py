@@ -396,8 +396,12 @@ class ObjectStore:
                 info.size, info.chunks, info.digest = sent, chunks, digest_string(sha)
                 self._publish_info(info, timeout)
             except BaseException as exc:
+                # Chunks still in flight would land after the purge: wait for their acks first.
                 for fut in inflight:
-                    fut.cancel()
+                    try:
+                        fut.result(wait)
+                    except BaseException:
+                        pass
                 log.info("put of %r into %r failed (%r); purging its chunks", name, self.bucket, exc)
                 try:
                     self._purge_chunks(nuid, timeout)
