@@ -467,6 +467,21 @@ def test_watch_callback_and_initial_done(kv: ts.KeyValue) -> None:
         kv.watch(callback="nope")  # type: ignore[arg-type]
 
 
+def test_concurrent_watchers_on_one_bucket(kv: ts.KeyValue) -> None:
+    kv.put("a", 1)
+    watchers = [kv.watch() for _ in range(3)]
+    try:
+        for w in watchers:
+            assert [e.key for e in _drain_initial(w)] == ["a"]
+        kv.put("b", 2)
+        for w in watchers:
+            e = w.next(5)
+            assert e is not None and e.key == "b"
+    finally:
+        for w in watchers:
+            w.stop()
+
+
 def test_watch_thread_ends_when_bus_closes(js_server: NatsServer) -> None:
     b = _connect(js_server.url)
     kv = b.jetstream().create_key_value("closing")

@@ -170,6 +170,8 @@ def test_streamed_reader(obs: ts.ObjectStore, tmp_path: Path) -> None:
         assert b"".join(r.iter_chunks()) == data
     with obs.get("s") as r:
         assert next(iter(r)) == b"line one\n"
+        with obs.get("s") as r2:  # two readers of one store at once
+            assert r2.read() == data
     out = tmp_path / "out.bin"
     assert obs.get_file("s", out).digest == _digest(data)
     assert out.read_bytes() == data

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Seque
 from .. import codecs as _codecs
 from ..errors import Error, TimeoutError
 from ..subscription import SubscriptionClosedError
+from .context import new_name
 from .errors import (
     BucketNotFoundError,
     InvalidArgumentError,
@@ -599,7 +600,7 @@ class Watcher:
                 deliver_policy=policy,
                 opt_start_seq=opt_start_seq,
                 headers_only=meta_only,
-                name_prefix="w_" + bucket[:16],
+                name_prefix=f"w_{bucket[:16]}_{new_name()[:10]}",
                 timeout=timeout,
             )
         except StreamNotFoundError:

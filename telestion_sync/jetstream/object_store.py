@@ -652,7 +652,7 @@ class ObjectReader(io.RawIOBase):
                 store.stream,
                 filter_subjects=[store._chunk_subject(info.nuid)],
                 deliver_policy="all",
-                name_prefix="get_" + store.bucket[:16],
+                name_prefix=f"get_{store.bucket[:16]}_{new_name()[:10]}",
                 timeout=timeout,
             )
             self._it = self._oc.messages(max_messages=self.WINDOW, expires=max(timeout, 5.0))
