@@ -659,3 +659,20 @@ def test_we_write_nats_py_reads_and_watches(js_server: NatsServer, js: ts.JetStr
     assert keys == ["a", "c"]
     assert watched == [("a", 3, None, b'{"x":2}'), ("b", 4, "PURGE", b""), ("c", 5, None, b'"text"')]
     assert history == 4
+
+
+def test_readme_kv_block_runs(js: ts.JetStream, jsbus: ts.MessageBus, capsys: Any) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "create_key_value" in b]
+    assert len(blocks) == 1
+    exec(blocks[0], {"bus": jsbus})  # noqa: S102 - the README's own example
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "124.0 2 PUT [123.4, 124.0]",
+        "now antenna.az 124.0",
+        "['antenna.az'] 4",
+        "3 SHA-256= 300000 ['pass-0042.bin']",
+    ]
