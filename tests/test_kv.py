@@ -571,9 +571,14 @@ def test_watch_survives_failover_to_another_cluster_node() -> None:
             victim.kill()
             for i in range(5, 25):
                 _writer_put(kv, f"k.{i}", i, deadline)
-            stored = [
-                (m.subject[len("$KV.rep.") :], m.metadata.sequence.stream) for m in js.history("$KV.rep.>")
-            ]
+            while True:  # what the stream holds (the meta leader may be re-elected after the kill)
+                try:
+                    msgs = js.history("$KV.rep.>", stream="KV_rep", timeout=5)
+                    break
+                except ts.Error:
+                    assert time.monotonic() < deadline + 30, "stream not readable after the failover"
+                    time.sleep(0.2)
+            stored = [(m.subject[len("$KV.rep.") :], m.metadata.sequence.stream) for m in msgs]
             expected = [s for s in stored if s[1] > 5]
             assert {int(k[2:]) for k, _ in expected} == set(range(5, 25))
             got = []
