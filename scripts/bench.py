@@ -1251,15 +1251,301 @@ def run_js_driver(args: argparse.Namespace) -> int:
     return 0 if misses == 0 else 1
 
 
+# --------------------------------------------------------------------------------------------
+# Key-Value and Object Store (--kv): telestion_sync against nats-py's KV and Object Store APIs
+#
+# One JetStream server, memory storage. The driver fills bucket "benchw" with KV_WATCH_N keys
+# and puts a KV_OBJ_MB MiB object "read" into store "benchobj" once.
+#
+# - kv_put     kv.put one at a time (ops/s)
+# - kv_get     kv.get of one key, one at a time (ops/s)
+# - kv_watch   a watch delivering KV_WATCH_N entries (the bucket's values), until the marker (entries/s)
+# - obj_put    put of a KV_OBJ_MB MiB file (MB/s; peak RSS growth reported)
+# - obj_get    get of the KV_OBJ_MB MiB object, streamed into a sink (MB/s; peak RSS growth)
+
+KV_TESTS = ["kv_put", "kv_get", "kv_watch", "obj_put", "obj_get"]
+KV_WATCH_N = 10_000
+KV_OBJ_MB = 64
+KV_FULL = {"kv_put": 5_000, "kv_get": 5_000, "kv_watch": KV_WATCH_N, "obj_put": 1, "obj_get": 1}
+KV_QUICK = {"kv_put": 1_000, "kv_get": 1_000, "kv_watch": KV_WATCH_N, "obj_put": 1, "obj_get": 1}
+KV_METRICS = [
+    Metric("kv_put", "rate", "KV put ops/s (one at a time)", "{:,.0f}", True, 1.2),
+    Metric("kv_get", "rate", "KV get ops/s (one at a time)", "{:,.0f}", True, 1.2),
+    Metric("kv_watch", "rate", f"KV watch entries/s ({KV_WATCH_N:,} delivered)", "{:,.0f}", True, 1.5),
+    Metric("obj_put", "rate", f"Object Store put MB/s ({KV_OBJ_MB} MiB)", "{:,.1f}", True, 1.0),
+    Metric("obj_get", "rate", f"Object Store get MB/s ({KV_OBJ_MB} MiB)", "{:,.1f}", True, 1.0),
+]
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Sink:
+    """Counts what is written and drops it (a get's destination)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, b: Any) -> int:
+        self.n += len(b)
+        return len(b)
+
+
+def ts_kv_worker(test: str, url: str, n: int, path: str) -> Dict[str, Any]:
+    import telestion_sync as ts
+
+    bus = ts.connect(url, name=f"bench-{test}")
+    js = bus.jetstream(timeout=30)
+    rss0 = _peak_rss_mb()
+    try:
+        if test == "kv_put":
+            kv = js.key_value("benchp")
+            t0 = time.perf_counter()
+            for _i in range(n):
+                kv.put("key", b"x" * 16)
+            el = time.perf_counter() - t0
+        elif test == "kv_get":
+            kv = js.key_value("benchw")
+            t0 = time.perf_counter()
+            for _i in range(n):
+                kv.get("k.1")
+            el = time.perf_counter() - t0
+        elif test == "kv_watch":
+            kv = js.key_value("benchw")
+            t0 = time.perf_counter()
+            got = 0
+            with kv.watch() as w:
+                for e in w:
+                    if e is None:
+                        break
+                    got += 1
+            el = time.perf_counter() - t0
+            if got != n:
+                raise RuntimeError(f"watch delivered {got}, not {n}")
+        elif test == "obj_put":
+            obs = js.object_store("benchobj")
+            t0 = time.perf_counter()
+            with open(path, "rb") as f:
+                obs.put("put-ts", f)
+            el = time.perf_counter() - t0
+            n = os.path.getsize(path)
+        elif test == "obj_get":
+            obs = js.object_store("benchobj")
+            sink = _Sink()
+            t0 = time.perf_counter()
+            with obs.get("read") as r:
+                for chunk in r.iter_chunks():
+                    sink.write(chunk)
+            el = time.perf_counter() - t0
+            n = sink.n
+        else:
+            raise ValueError(test)
+    finally:
+        bus.close()
+    rate = n / el / 1e6 if test.startswith("obj") else n / el
+    return {"ok": True, "rate": rate, "seconds": el, "rss_growth_mb": _peak_rss_mb() - rss0}
+
+
+async def natspy_kv_worker(test: str, url: str, n: int, path: str) -> Dict[str, Any]:
+    import nats
+
+    nc = await nats.connect(url, name=f"bench-{test}")
+    js = nc.jetstream(timeout=30)
+    rss0 = _peak_rss_mb()
+    try:
+        if test == "kv_put":
+            kv = await js.key_value("benchp")
+            t0 = time.perf_counter()
+            for _i in range(n):
+                await kv.put("key", b"x" * 16)
+            el = time.perf_counter() - t0
+        elif test == "kv_get":
+            kv = await js.key_value("benchw")
+            t0 = time.perf_counter()
+            for _i in range(n):
+                await kv.get("k.1")
+            el = time.perf_counter() - t0
+        elif test == "kv_watch":
+            kv = await js.key_value("benchw")
+            t0 = time.perf_counter()
+            got = 0
+            w = await kv.watchall()
+            async for e in w:
+                if e is None:
+                    break
+                got += 1
+            await w.stop()
+            el = time.perf_counter() - t0
+            if got != n:
+                raise RuntimeError(f"watch delivered {got}, not {n}")
+        elif test == "obj_put":
+            obs = await js.object_store("benchobj")
+            t0 = time.perf_counter()
+            with open(path, "rb") as f:
+                await obs.put("put-py", f)
+            el = time.perf_counter() - t0
+            n = os.path.getsize(path)
+        elif test == "obj_get":
+            obs = await js.object_store("benchobj")
+            sink = _Sink()
+            t0 = time.perf_counter()
+            await obs.get("read", writeinto=sink)
+            el = time.perf_counter() - t0
+            n = sink.n
+        else:
+            raise ValueError(test)
+    finally:
+        await nc.close()
+    rate = n / el / 1e6 if test.startswith("obj") else n / el
+    return {"ok": True, "rate": rate, "seconds": el, "rss_growth_mb": _peak_rss_mb() - rss0}
+
+
+def run_kv_worker(args: argparse.Namespace) -> int:
+    try:
+        if args.client == "telestion_sync":
+            res = ts_kv_worker(args.test, args.url, args.n, args.path)
+        else:
+            res = asyncio.run(natspy_kv_worker(args.test, args.url, args.n, args.path))
+    except Exception as exc:
+        res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(res), flush=True)
+    return 0
+
+
+def run_kv_driver(args: argparse.Namespace) -> int:
+    """The Key-Value and Object Store comparison: its own server, buckets and report."""
+    import tempfile
+
+    import telestion_sync as ts
+    from telestion_sync.server import NatsServer
+
+    counts = KV_QUICK if args.quick else KV_FULL
+    tests = [t for t in KV_TESTS if not args.only or t in args.only.split(",")]
+    clients = [c for c in JS_CLIENTS if client_available(c)[0]]
+    started = time.monotonic()
+    results: Results = {t: {c: [] for c in clients} for t in tests}
+    tmp = tempfile.mkdtemp(prefix="bench-obj-")
+    path = os.path.join(tmp, "object.bin")
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(KV_OBJ_MB):
+            f.write(block)
+    try:
+        with NatsServer(jetstream=True) as server, ts.connect(server.url) as bus:
+            js = bus.jetstream(timeout=30)
+            js.create_key_value("benchp", storage="memory")
+            kvw = js.create_key_value("benchw", storage="memory")
+            for i in range(KV_WATCH_N):
+                js.publish_async(f"$KV.benchw.k.{i}", b"x" * 16)
+            js.publish_async_complete(120)
+            assert kvw.status().values == KV_WATCH_N
+            obs = js.create_object_store("benchobj", storage="memory")
+            with open(path, "rb") as f:
+                obs.put("read", f)
+            print(
+                f"JetStream server at {server.url}; {KV_WATCH_N:,} keys, a {KV_OBJ_MB} MiB object", flush=True
+            )
+            for rnd in range(args.rounds):
+                order = clients[rnd % len(clients) :] + clients[: rnd % len(clients)]
+                for test in tests:
+                    for c in order:
+                        cmd = [
+                            sys.executable,
+                            os.path.abspath(__file__),
+                            "--role",
+                            "kv-worker",
+                            "--client",
+                            c,
+                            "--test",
+                            test,
+                            "--url",
+                            server.url,
+                            "--n",
+                            str(counts[test]),
+                            "--path",
+                            path,
+                        ]
+                        t0 = time.monotonic()
+                        try:
+                            cp = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                            lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
+                            res = json.loads(lines[-1]) if lines else {"ok": False, "error": cp.stderr[-300:]}
+                        except subprocess.TimeoutExpired:
+                            res = {"ok": False, "error": f"timeout {args.timeout:g} s"}
+                        results[test][c].append(res)
+                        if res.get("ok"):
+                            shown = f"{res['rate']:,.1f} {'MB/s' if test.startswith('obj') else 'ops/s'}"
+                            shown += f" (peak RSS +{res['rss_growth_mb']:.0f} MB)"
+                        else:
+                            shown = f"ERROR {res.get('error')}"
+                        took = time.monotonic() - t0
+                        print(
+                            f"[round {rnd + 1}/{args.rounds} {took:5.1f} s] {test:<9} {c:<14} {shown}",
+                            flush=True,
+                        )
+                        if test == "obj_put":
+                            for name in ("put-ts", "put-py"):
+                                try:
+                                    obs.delete(name)
+                                except ts.Error:
+                                    pass
+    finally:
+        os.unlink(path)
+        os.rmdir(tmp)
+    lines = [
+        "## Key-Value and Object Store benchmark",
+        "",
+        "command: " + " ".join(shlex.quote(a) for a in ["python", os.path.relpath(__file__), *sys.argv[1:]]),
+        f"memory-stored buckets, 16 B values, {args.rounds} rounds, clients interleaved; "
+        f"wall time {time.monotonic() - started:.0f} s",
+        "",
+        "| metric | telestion_sync | nats-py | ratio per round | median ratio | target | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    misses = 0
+    for m in KV_METRICS:
+        if m.test not in tests:
+            continue
+        a = values(results, m.test, "telestion_sync", m.key)
+        b = values(results, m.test, "nats-py", m.key)
+        per = [x / y if x and y else None for x, y in zip(a, b)]
+        med = median(per)
+        ok = med is not None and m.passes(med)
+        misses += not ok
+        fmt = (lambda v: "error" if v is None else f"{v:,.1f}") if m.test.startswith("obj") else fmt_num
+        lines.append(
+            f"| {m.label} | {fmt(median(a))} | {fmt(median(b))} | "
+            + ", ".join(fmt_ratio(r) for r in per)
+            + f" | {fmt_ratio(med)} | {m.target_text()} | {'PASS' if ok else 'FAIL'} |"
+        )
+    for test in ("obj_put", "obj_get"):
+        if test in tests:
+            a = values(results, test, "telestion_sync", "rss_growth_mb")
+            b = values(results, test, "nats-py", "rss_growth_mb")
+            lines.append(
+                f"| {test} peak RSS growth MB | {fmt_num(median(a))} | {fmt_num(median(b))} | | | bounded | |"
+            )
+    print("\n".join(lines))
+    return 0 if misses == 0 else 1
+
+
 def fmt_num(v: Optional[float]) -> str:
     return "error" if v is None else f"{v:,.0f}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--role", choices=["driver", "worker", "responder", "js-worker"], default="driver")
+    p.add_argument(
+        "--role", choices=["driver", "worker", "responder", "js-worker", "kv-worker"], default="driver"
+    )
     p.add_argument(
         "--jetstream", action="store_true", help=f"run the JetStream comparison ({','.join(JS_TESTS)})"
+    )
+    p.add_argument(
+        "--kv", action="store_true", help=f"run the Key-Value/Object Store comparison ({','.join(KV_TESTS)})"
     )
     p.add_argument("--rounds", type=int, default=3, help="rounds of every test and client (3)")
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run under a minute")
@@ -1274,7 +1560,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per worker subprocess")
     # worker/responder options
     p.add_argument("--client", choices=CLIENTS, help=argparse.SUPPRESS)
-    p.add_argument("--test", choices=TESTS + JS_TESTS, help=argparse.SUPPRESS)
+    p.add_argument("--test", choices=TESTS + JS_TESTS + KV_TESTS, help=argparse.SUPPRESS)
+    p.add_argument("--path", default="", help=argparse.SUPPRESS)
     p.add_argument("--url", default="nats://127.0.0.1:4222", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=1000, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=16, help=argparse.SUPPRESS)
@@ -1288,6 +1575,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_responder(args)
     if args.role == "js-worker":
         return run_js_worker(args)
+    if args.role == "kv-worker":
+        return run_kv_worker(args)
+    if args.kv:
+        return run_kv_driver(args)
     if args.jetstream:
         return run_js_driver(args)
     return run_driver(args)

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
-from . import cli_jetstream, cli_ops
+from . import cli_jetstream, cli_kv, cli_ops
 from ._version import __version__
 from .client import MessageBus, connect
 from .errors import (
@@ -614,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
     cli_jetstream.add_parsers(sub)
     cli_ops.add_parsers(sub)
+    cli_kv.add_parsers(sub)
     return parser
 
 

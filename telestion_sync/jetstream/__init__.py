@@ -7,22 +7,29 @@ API only, following nats.go's ``jetstream`` package and ADR-37.
 from .consumer import ConsumeContext, Consumer, MessagesIterator
 from .context import JetStream
 from .errors import (
+    BucketNotFoundError,
     ConsumerDeletedError,
     ConsumerExistsError,
     ConsumerNotFoundError,
+    DigestMismatchError,
     InvalidArgumentError,
+    InvalidKeyError,
     JetStreamError,
     JetStreamNotEnabledError,
+    KeyExistsError,
+    KeyNotFoundError,
     MessageNotFoundError,
     MsgAlreadyAckedError,
     NoHeartbeatError,
     NotAckableError,
+    ObjectNotFoundError,
     StreamMismatchError,
     StreamNameInUseError,
     StreamNotFoundError,
     WrongLastMsgIdError,
     WrongLastSequenceError,
 )
+from .kv import KeyValue, KeyValueEntry, KeyValueStatus, KeyWatcher
 from .message import JetStreamMessage, StoredMessage
 from .models import (
     ClusterInfo,
@@ -40,6 +47,7 @@ from .models import (
     StreamSourceInfo,
     StreamState,
 )
+from .object_store import ObjectInfo, ObjectLink, ObjectReader, ObjectStore, ObjectStoreStatus, ObjectWatcher
 from .ordered import OrderedConsumer
 
 __all__ = [
@@ -79,4 +87,20 @@ __all__ = [
     "NoHeartbeatError",
     "NotAckableError",
     "InvalidArgumentError",
+    "KeyValue",
+    "KeyValueEntry",
+    "KeyValueStatus",
+    "KeyWatcher",
+    "ObjectStore",
+    "ObjectInfo",
+    "ObjectLink",
+    "ObjectReader",
+    "ObjectWatcher",
+    "ObjectStoreStatus",
+    "KeyExistsError",
+    "KeyNotFoundError",
+    "BucketNotFoundError",
+    "ObjectNotFoundError",
+    "DigestMismatchError",
+    "InvalidKeyError",
 ]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, 
 from .. import codecs as _codecs
 from ..errors import NoRespondersError, TimeoutError
 from .errors import (
+    BucketNotFoundError,
     InvalidArgumentError,
     JetStreamError,
     JetStreamNotEnabledError,
@@ -45,6 +46,8 @@ from .publish import DEFAULT_MAX_PENDING, AsyncPublisher, parse_pub_ack
 if TYPE_CHECKING:  # pragma: no cover
     from ..client import MessageBus
     from .consumer import Consumer
+    from .kv import KeyValue, KeyValueStatus
+    from .object_store import ObjectStore, ObjectStoreStatus
     from .ordered import OrderedConsumer
 
 log = logging.getLogger("telestion_sync.jetstream")
@@ -739,3 +742,146 @@ class JetStream:
                         return out
         finally:
             oc.close()
+
+    # --- Key-Value and Object Store -----------------------------------------------------------
+
+    def create_key_value(
+        self,
+        bucket: str,
+        *,
+        history: int = 1,
+        ttl: Union[float, timedelta, None] = None,
+        max_value_size: Optional[int] = None,
+        max_bytes: Optional[int] = None,
+        storage: Optional[str] = None,
+        replicas: int = 1,
+        compression: bool = False,
+        description: Optional[str] = None,
+        allow_msg_ttl: bool = False,
+        limit_marker_ttl: Union[float, timedelta, None] = None,
+        metadata: Optional[Dict[str, str]] = None,
+        codec: _codecs.CodecSpec = None,
+        timeout: Optional[float] = None,
+    ) -> KeyValue:
+        """Create a Key-Value bucket (stream ``KV_<bucket>``, as nats.go lays it out).
+        ``history``: revisions kept per key (1-64); ``ttl``: how long values live;
+        ``allow_msg_ttl``: per-key TTLs (``kv.put(k, v, ttl=)``, server 2.11+);
+        ``limit_marker_ttl``: keep markers for keys removed by TTLs that long. Creating it again
+        with the same settings is fine; with others it raises :class:`StreamNameInUseError`."""
+        from .kv import KeyValue, bucket_config
+
+        cfg = bucket_config(
+            bucket,
+            history=history,
+            ttl=ttl,
+            max_value_size=max_value_size,
+            max_bytes=max_bytes,
+            storage=storage,
+            replicas=replicas,
+            compression=compression,
+            description=description,
+            allow_msg_ttl=allow_msg_ttl,
+            limit_marker_ttl=limit_marker_ttl,
+            metadata=metadata,
+        )
+        info = self.create_stream(cfg, timeout=timeout)
+        return KeyValue(self, bucket, info, codec)
+
+    def key_value(
+        self, bucket: str, *, codec: _codecs.CodecSpec = None, timeout: Optional[float] = None
+    ) -> KeyValue:
+        """An existing bucket (:class:`BucketNotFoundError` when there is none)."""
+        from .kv import KeyValue, check_bucket
+
+        check_bucket(bucket)
+        try:
+            info = self.stream_info(f"KV_{bucket}", timeout=timeout)
+        except StreamNotFoundError:
+            raise BucketNotFoundError(f"bucket {bucket!r} not found", 404, 10059) from None
+        return KeyValue(self, bucket, info, codec)
+
+    def delete_key_value(self, bucket: str, *, timeout: Optional[float] = None) -> None:
+        """Delete a bucket and everything in it (:class:`BucketNotFoundError`)."""
+        from .kv import check_bucket
+
+        check_bucket(bucket)
+        try:
+            self.delete_stream(f"KV_{bucket}", timeout=timeout)
+        except StreamNotFoundError:
+            raise BucketNotFoundError(f"bucket {bucket!r} not found", 404, 10059) from None
+
+    def key_value_names(self, *, timeout: Optional[float] = None) -> List[str]:
+        """The names of all Key-Value buckets, sorted."""
+        names = self.stream_names("$KV.*.>", timeout=timeout)
+        return sorted(n[3:] for n in names if n.startswith("KV_"))
+
+    def key_values(self, *, timeout: Optional[float] = None) -> List[KeyValueStatus]:
+        """The status of every Key-Value bucket, sorted by name."""
+        from .kv import status_of
+
+        infos = self.streams("$KV.*.>", timeout=timeout)
+        out = [status_of(i.config.name[3:], i) for i in infos if i.config.name.startswith("KV_")]
+        return sorted(out, key=lambda s: s.bucket)
+
+    def create_object_store(
+        self,
+        bucket: str,
+        *,
+        description: Optional[str] = None,
+        ttl: Union[float, timedelta, None] = None,
+        max_bytes: Optional[int] = None,
+        storage: Optional[str] = None,
+        replicas: int = 1,
+        compression: bool = False,
+        metadata: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> ObjectStore:
+        """Create an Object Store (stream ``OBJ_<bucket>``, as nats.go lays it out)."""
+        from .object_store import ObjectStore, store_config
+
+        cfg = store_config(
+            bucket,
+            description=description,
+            ttl=ttl,
+            max_bytes=max_bytes,
+            storage=storage,
+            replicas=replicas,
+            compression=compression,
+            metadata=metadata,
+        )
+        return ObjectStore(self, bucket, self.create_stream(cfg, timeout=timeout))
+
+    def object_store(self, bucket: str, *, timeout: Optional[float] = None) -> ObjectStore:
+        """An existing Object Store (:class:`BucketNotFoundError` when there is none)."""
+        from .kv import check_bucket
+        from .object_store import ObjectStore
+
+        check_bucket(bucket)
+        try:
+            info = self.stream_info(f"OBJ_{bucket}", timeout=timeout)
+        except StreamNotFoundError:
+            raise BucketNotFoundError(f"object store {bucket!r} not found", 404, 10059) from None
+        return ObjectStore(self, bucket, info)
+
+    def delete_object_store(self, bucket: str, *, timeout: Optional[float] = None) -> None:
+        """Delete an Object Store and every object in it (:class:`BucketNotFoundError`)."""
+        from .kv import check_bucket
+
+        check_bucket(bucket)
+        try:
+            self.delete_stream(f"OBJ_{bucket}", timeout=timeout)
+        except StreamNotFoundError:
+            raise BucketNotFoundError(f"object store {bucket!r} not found", 404, 10059) from None
+
+    def object_store_names(self, *, timeout: Optional[float] = None) -> List[str]:
+        """The names of all Object Stores, sorted."""
+        names = self.stream_names("$O.*.C.>", timeout=timeout)
+        return sorted(n[4:] for n in names if n.startswith("OBJ_"))
+
+    def object_stores(self, *, timeout: Optional[float] = None) -> List[ObjectStoreStatus]:
+        """The status of every Object Store, sorted by name."""
+        from .object_store import ObjectStoreStatus
+
+        infos = self.streams("$O.*.C.>", timeout=timeout)
+        out = [ObjectStoreStatus.of(i.config.name[4:], i) for i in infos if i.config.name.startswith("OBJ_")]
+        return sorted(out, key=lambda s: s.bucket)

@@ -52,6 +52,27 @@ class WrongLastSequenceError(JetStreamError):
     """A publish precondition on the last sequence (stream or subject) failed (10071)."""
 
 
+class KeyExistsError(WrongLastSequenceError):
+    """``kv.create`` on a key that has a live value (the server refused the "no previous
+    revision" precondition, err_code 10071)."""
+
+
+class KeyNotFoundError(JetStreamError):
+    """The key has no value: never written, deleted or purged (or not at that revision)."""
+
+
+class BucketNotFoundError(JetStreamError):
+    """No Key-Value bucket or Object Store of that name (its stream does not exist)."""
+
+
+class ObjectNotFoundError(JetStreamError):
+    """No object of that name in the store (never put, or deleted)."""
+
+
+class DigestMismatchError(JetStreamError):
+    """An object's bytes do not match the SHA-256 digest (or size) recorded in its info."""
+
+
 class WrongLastMsgIdError(JetStreamError):
     """The ``expected_last_msg_id`` precondition failed (10070)."""
 
@@ -82,6 +103,11 @@ class InvalidArgumentError(Error, ValueError):
     sent."""
 
 
+class InvalidKeyError(InvalidArgumentError):
+    """A Key-Value key (or watch filter) breaks the key rules; the message names the key and
+    the rule. Nothing was sent."""
+
+
 class NotAckableError(Error):
     """The message cannot be acknowledged (no JetStream reply subject, e.g. an ack-none
     consumer or a message read with ``get_msg``)."""
@@ -97,6 +123,7 @@ _BY_ERR_CODE: Dict[int, Type[JetStreamError]] = {
     10148: ConsumerExistsError,
     10013: ConsumerExistsError,
     10071: WrongLastSequenceError,
+    10164: WrongLastSequenceError,  # what replicated streams answer to a failed precondition
     10070: WrongLastMsgIdError,
     10060: StreamMismatchError,
     10037: MessageNotFoundError,
@@ -123,6 +150,12 @@ __all__ = [
     "ConsumerExistsError",
     "WrongLastSequenceError",
     "WrongLastMsgIdError",
+    "KeyExistsError",
+    "KeyNotFoundError",
+    "BucketNotFoundError",
+    "ObjectNotFoundError",
+    "DigestMismatchError",
+    "InvalidKeyError",
     "StreamMismatchError",
     "MessageNotFoundError",
     "ConsumerDeletedError",

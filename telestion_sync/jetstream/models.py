@@ -25,6 +25,7 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 RETENTION = ("limits", "interest", "workqueue")
 STORAGE = ("file", "memory")
 DISCARD = ("old", "new")
+COMPRESSION = ("none", "s2")
 DELIVER_POLICIES = ("all", "last", "new", "by_start_sequence", "by_start_time", "last_per_subject")
 ACK_POLICIES = ("none", "all", "explicit")
 REPLAY_POLICIES = ("instant", "original")
@@ -243,6 +244,10 @@ class StreamConfig:
     deny_purge: Optional[bool] = None
     allow_rollup_hdrs: Optional[bool] = None
     discard_new_per_subject: Optional[bool] = None
+    compression: Optional[str] = opt("choice", typ=COMPRESSION)
+    sealed: Optional[bool] = None
+    allow_msg_ttl: Optional[bool] = None
+    subject_delete_marker_ttl: Optional[float] = opt("duration")
     metadata: Optional[Dict[str, str]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 

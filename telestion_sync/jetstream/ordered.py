@@ -66,6 +66,12 @@ class OrderedConsumer(_Puller):
     def _next_subject(self) -> str:
         return self._subject
 
+    @property
+    def initial_pending(self) -> int:
+        """How many messages the first consumer had to deliver when it was created (what an
+        initial replay must read before it is "caught up", as KV watchers need)."""
+        return max(self._initial_pending, 0)
+
     def _check(self, msg: JetStreamMessage) -> int:
         seqs = ack_sequences(msg.msg.reply)
         if seqs is None or seqs[0] != self.name:
