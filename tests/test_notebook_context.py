@@ -82,8 +82,10 @@ def test_callback_output_lands_under_the_subscribing_cell(kernel: Kernel) -> Non
     subscribing = kernel.run(
         "import os, time, telestion_sync as ts\n"
         "bus = ts.connect(os.environ['NATS_URL'])\n"
-        "sub = bus.subscribe('nb.hello', lambda m: print('callback got', m.data))\n"
-        "pull_thread_sub = bus.subscribe('nb.own', lambda m: print('own thread got', m.data),"
+        # one string per print: two callback threads print at once, and print() writes its
+        # arguments one by one (they would interleave)
+        "sub = bus.subscribe('nb.hello', lambda m: print(f'callback got {m.data}'))\n"
+        "pull_thread_sub = bus.subscribe('nb.own', lambda m: print(f'own thread got {m.data}'),"
         " own_thread=True)\n"
         "plot = ts.live_plot(bus, 'nb.temp', 'value', interval=0.1)\n"
         "bus.flush()\n"
