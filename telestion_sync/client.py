@@ -120,17 +120,19 @@ class Stats:
 class SubjectCache:
     """Encoded, validated publish subjects, bounded against any stream of unique subjects.
 
-    Two generations: new subjects enter the young one; when it is full it becomes the old one
-    (the previous old one is dropped), and a subject found in the old one moves back. Subjects
-    in steady use stay; a flood of one-off subjects costs one validation each and never
-    pushes the working set out for good (a plain "fill once" cache stayed poisoned).
+    A subject is admitted on its second use (one-off subjects such as JetStream ack subjects
+    never enter), into two generations: the young one, and when that is full it becomes the old
+    one (the previous old one is dropped); a subject found in the old one moves back. Subjects
+    in steady use stay; a flood of unique subjects costs one validation each and never pushes
+    the working set out (a plain "fill once" cache stayed poisoned).
     """
 
-    __slots__ = ("young", "old", "size")
+    __slots__ = ("young", "old", "seen", "size")
 
     def __init__(self, size: int = 4096) -> None:
         self.young: Dict[str, bytes] = {}
         self.old: Dict[str, bytes] = {}
+        self.seen: Dict[str, bytes] = {}  # used once so far (bounded: cleared when full)
         self.size = size
 
     def get(self, subject: str) -> Optional[bytes]:
@@ -146,8 +148,14 @@ class SubjectCache:
         """The encoded subject, validated and cached on first use."""
         sb = self.get(subject)
         if sb is None:
-            sb = validate_subject(subject, wildcards=False)
-            self._put(subject, sb)
+            sb = self.seen.pop(subject, None)
+            if sb is not None:
+                self._put(subject, sb)  # the second use: admitted
+            else:
+                sb = validate_subject(subject, wildcards=False)
+                if len(self.seen) >= self.size:
+                    self.seen.clear()
+                self.seen[subject] = sb
         return sb
 
     def _put(self, subject: str, sb: bytes) -> None:
