@@ -39,17 +39,15 @@ from .errors import (
     ConnectionClosedError,
     Error,
     MaxPayloadError,
-    NoRespondersError,
     PermissionViolationError,
     ServiceError,
     TimeoutError,
 )
 from .message import (
-    SERVICE_ERROR_CODE_HEADER,
-    SERVICE_ERROR_HEADER,
     Message,
     MessageContext,
 )
+from .micro import check_reply, respond_error, respond_value
 from .options import (
     ConnectOptions,
     check_callback,
@@ -777,7 +775,7 @@ class MessageBus(Handler):
             raise msg
         if msg is REQUEST_CLOSED:
             raise self._closed_error(f"the bus closed while waiting for a reply on {subject!r}")
-        return _check_reply(subject, msg)
+        return check_reply(subject, msg)
 
     def request_many(
         self,
@@ -842,36 +840,17 @@ class MessageBus(Handler):
             try:
                 result = handler(msg)
             except ServiceError as exc:
-                self._respond_error(msg, exc.description, exc.code)
+                respond_error(msg, exc.description, exc.code)
                 return
             except Exception as exc:
-                self._respond_error(msg, str(exc) or type(exc).__name__, 500)
+                respond_error(msg, str(exc) or type(exc).__name__, 500)
                 raise
             if msg.reply and not msg.responded:
-                self._respond_value(msg, result, c)
+                respond_value(msg, result, c, self._default_codec)
 
         sub = self.subscribe(subject, serve, queue=queue, codec=c, schema=schema, **subscribe_options)
-        sub.on_decode_error = lambda msg, exc: self._respond_error(msg, str(exc), 400)
+        sub.on_decode_error = lambda msg, exc: respond_error(msg, str(exc), 400)
         return sub
-
-    def _respond_value(self, msg: Message, result: Any, codec: _codecs.Codec) -> None:
-        if codec is _codecs.AUTO:
-            if isinstance(result, (bytes, bytearray, memoryview)):
-                codec = _codecs.RAW
-            else:
-                cbor = _codecs.content_type(msg._headers) == _codecs.CBOR_CONTENT_TYPE
-                codec = _codecs.CBOR if cbor else self._default_codec
-        try:
-            msg.respond(result, codec=codec)
-        except (TypeError, ValueError) as exc:
-            self._respond_error(msg, f"reply does not encode: {exc}", 500)
-            raise
-
-    def _respond_error(self, msg: Message, description: str, code: int) -> None:
-        if not msg.reply or msg.responded:
-            return
-        text = description.replace("\r", " ").replace("\n", " ")
-        msg.respond(b"", headers={SERVICE_ERROR_HEADER: text, SERVICE_ERROR_CODE_HEADER: str(code)})
 
     # --- reader callbacks (run on the connection's reader thread) ----------------------------
 
@@ -1019,20 +998,6 @@ def _content_type_block(ctype: str) -> bytes:
     if block is None:
         block = _CTYPE_BLOCKS[ctype] = encode_headers({_codecs.CONTENT_TYPE: ctype})
     return block
-
-
-def _check_reply(subject: str, msg: Message) -> Message:
-    """Turn a no-responders status or a micro error reply into the matching exception."""
-    if msg.status == 503:
-        raise NoRespondersError(subject)
-    h = msg._headers
-    if h is not None and SERVICE_ERROR_HEADER in h:
-        try:
-            code = int(h.get(SERVICE_ERROR_CODE_HEADER, "500"))
-        except ValueError:
-            code = 500
-        raise ServiceError(h[SERVICE_ERROR_HEADER], code, msg)
-    return msg
 
 
 def _text(subject: bytes) -> str:
