@@ -79,6 +79,7 @@ from .subscription import (
     DEFAULT_PENDING_MSGS_LIMIT,
     Callback,
     Subscription,
+    SubscriptionTable,
     wake_all,
 )
 from .tls import tls_context
@@ -278,13 +279,11 @@ class MessageBus(Handler):
             ws_compression=ws_compression,
         )
         self.name = name
-        self._subs: Dict[int, Subscription] = {}
+        self._subs = SubscriptionTable()
         self._dispatcher = Dispatcher()
         self._sids = itertools.count(1)
         self._pub_subjects = SubjectCache(_SUBJECT_CACHE_SIZE)
         self._pub_hot = self._pub_subjects.young  # the publish fast path's lookup
-        self._unrouted = 0  # reader thread only
-        self._dropped_gone = 0  # slow-consumer drops of subscriptions that have ended
         self._touched: List[Subscription] = []
         # Requests: one wildcard subscription, replies matched by the last token.
         self._requests = RequestMux(inbox_prefix, lambda: next(self._sids), MessageContext(self))
@@ -363,7 +362,6 @@ class MessageBus(Handler):
     def stats(self) -> Stats:
         """Message and byte counters in both directions, reconnects and reported errors."""
         conn = self._conn
-        subs = list(self._subs.values())
         return Stats(
             conn.in_msgs,
             conn.in_bytes,
@@ -371,8 +369,8 @@ class MessageBus(Handler):
             conn.out_bytes,
             conn.reconnects,
             self._status.errors,
-            self._unrouted,
-            self._dropped_gone + sum(sub.dropped for sub in subs),
+            self._subs.unrouted,
+            self._subs.dropped,
             self._requests.pending + len(self._gathers),
         )
 
@@ -389,7 +387,7 @@ class MessageBus(Handler):
         _live_buses.discard(self)
         self._conn.close()
         self._requests.fail_all()
-        subs = list(self._subs.values())
+        subs = self._subs.all()
         for sub in subs:
             self._remove_sub(sub.sid)
         error = self._closed_error()
@@ -409,7 +407,7 @@ class MessageBus(Handler):
         :class:`TimeoutError` and get nothing more."""
         check_timeout("timeout", timeout)
         deadline = time.monotonic() + timeout
-        subs = list(self._subs.values())
+        subs = self._subs.all()
         try:
             for sub in subs:
                 sub._draining = True  # not re-established by a reconnect during the flush
@@ -696,7 +694,7 @@ class MessageBus(Handler):
             own_thread,
         )
         sub._sub_frame = encode_sub(sb, sid, qb)
-        self._subs[sid] = sub
+        self._subs.add(sub)
         try:
             self._conn.write_control(sub._sub_frame)
         except BaseException:
@@ -727,19 +725,16 @@ class MessageBus(Handler):
 
     def _count_unrouted(self) -> None:
         """A message for a subscription that just ended (reader thread only)."""
-        self._unrouted += 1
+        self._subs.unrouted += 1
 
     def _remove_sub(self, sid: int) -> Optional[Subscription]:
         """Take a subscription out of the routing table (its drops stay in ``stats``)."""
-        sub = self._subs.pop(sid, None)
-        if sub is not None:
-            self._dropped_gone += sub.dropped
-        return sub
+        return self._subs.remove(sid)
 
     @property
     def subscriptions(self) -> List[Subscription]:
         """The active subscriptions."""
-        return list(self._subs.values())
+        return self._subs.all()
 
     # --- request / reply ---------------------------------------------------------------------
 
@@ -861,7 +856,7 @@ class MessageBus(Handler):
             return
         sub = self._subs.get(sid)
         if sub is None:
-            self._unrouted += 1  # sent before the server saw our UNSUB: counted, not lost unseen
+            self._subs.unrouted += 1  # sent before the server saw our UNSUB: counted, not lost unseen
             return
         try:
             msg = Message(subject.decode(), payload, reply.decode() if reply else None, None, sub, hdr)
@@ -887,7 +882,7 @@ class MessageBus(Handler):
         if self._requests.on_permission_violation(err):
             return  # the reply inbox was denied: every request failed
         if err.operation == "subscribe":
-            for sub in list(self._subs.values()):
+            for sub in self._subs.all():
                 if sub.subject == err.subject and (err.queue is None or sub.queue == err.queue):
                     self._remove_sub(sub.sid)
                     sub._close(err)
@@ -930,16 +925,7 @@ class MessageBus(Handler):
     def _resubscribe_frames(self) -> bytes:
         """SUB frames for every live subscription (with the auto-unsubscribe remainders) and
         the request inbox; sent first on a new connection."""
-        frames = [self._requests.resubscribe_frame()]
-        for sub in list(self._subs.values()):
-            if sub._draining:
-                continue
-            frames.append(sub._sub_frame)
-            if sub._max is not None:
-                left = sub._max - sub._received
-                if left > 0:
-                    frames.append(encode_unsub(sub.sid, left))
-        return b"".join(frames)
+        return b"".join([self._requests.resubscribe_frame(), *self._subs.resubscribe_frames()])
 
     # --- status callbacks --------------------------------------------------------------------
 
@@ -964,7 +950,7 @@ class MessageBus(Handler):
         status = self._status.thread
         if status is not None:
             found.append(status)
-        for sub in list(self._subs.values()):  # a copy: other threads (un)subscribe meanwhile
+        for sub in self._subs.all():  # a copy: other threads (un)subscribe meanwhile
             if sub._thread is not None and sub._thread.is_alive():
                 found.append(sub._thread)
         return found + self._dispatcher.threads

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol
 
 from . import codecs as _codecs
 from .errors import DecodeError, ProtocolError
 from .options import check_publish
 from .protocol import parse_headers
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .client import MessageBus
-
 _UNSET: Any = object()
 
 #: Headers of NATS micro error replies (nats.go's micro package uses the same).
 SERVICE_ERROR_HEADER = "Nats-Service-Error"
 SERVICE_ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+
+class MessageHost(Protocol):
+    """What a received message needs from its bus (the narrow interface; ``MessageBus`` is
+    one): a way to publish its reply, and to report a header block that does not parse."""
+
+    def _publish(
+        self,
+        subject: str,
+        data: Any,
+        reply: Optional[bytes],
+        headers: Optional[Mapping[str, Any]],
+        codec: _codecs.CodecSpec,
+        now: bool,
+        cache: bool = True,
+    ) -> None: ...
+
+    def _report_error(self, err: BaseException) -> None: ...
 
 
 class MessageContext:
@@ -30,7 +45,7 @@ class MessageContext:
 
     def __init__(
         self,
-        bus: Optional[MessageBus],
+        bus: Optional[MessageHost],
         codec: _codecs.Codec = _codecs.AUTO,
         schema: Optional[Callable[[Any], Any]] = None,
     ) -> None:

@@ -14,16 +14,14 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Iterator, List, Optional
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Protocol
 
 from . import codecs as _codecs
 from .dispatch import Dispatcher
 from .errors import ConnectionClosedError, DecodeError, Error, SlowConsumerError, TimeoutError
-from .message import Message, MessageContext
+from .message import Message, MessageContext, MessageHost
 from .options import CALL, check_max_msgs, check_seconds, check_wait, effective_limit
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .client import MessageBus
+from .protocol import encode_unsub
 
 log = logging.getLogger("telestion_sync.subscription")
 
@@ -43,6 +41,68 @@ class SubscriptionClosedError(Error):
     quietly on either."""
 
 
+class SubscriptionHost(MessageHost, Protocol):
+    """What a subscription needs from its bus (the narrow interface; ``MessageBus`` is one)."""
+
+    def _unsubscribe(self, sub: Subscription) -> None: ...
+
+    def _auto_unsubscribe(self, sub: Subscription, max_msgs: int) -> None: ...
+
+    def _drain_sub(self, sub: Subscription, timeout: Optional[float]) -> None: ...
+
+    def _remove_sub(self, sid: int) -> Optional[Subscription]: ...
+
+    def _count_unrouted(self) -> None: ...
+
+
+class SubscriptionTable:
+    """A bus's live subscriptions by sid: the reader's routing table (``get`` is the dict's
+    own, for the hot path), the SUB frames a new connection replays, and the figures of
+    messages no subscription took."""
+
+    def __init__(self) -> None:
+        self._subs: Dict[int, Subscription] = {}
+        self.get = self._subs.get
+        self.unrouted = 0  # messages for no live subscription (reader thread only)
+        self._dropped_gone = 0  # slow-consumer drops of subscriptions that have ended
+
+    def add(self, sub: Subscription) -> None:
+        self._subs[sub.sid] = sub
+
+    def remove(self, sid: int) -> Optional[Subscription]:
+        """Take a subscription out (its drops stay counted); None when it was not in."""
+        sub = self._subs.pop(sid, None)
+        if sub is not None:
+            self._dropped_gone += sub.dropped
+        return sub
+
+    def all(self) -> List[Subscription]:
+        """A snapshot: safe while other threads subscribe and unsubscribe."""
+        return list(self._subs.values())
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    @property
+    def dropped(self) -> int:
+        """Slow-consumer drops of every subscription, live or ended."""
+        return self._dropped_gone + sum(sub.dropped for sub in self.all())
+
+    def resubscribe_frames(self) -> List[bytes]:
+        """SUB frames for every live subscription not being drained, with what is left of
+        auto-unsubscribe limits."""
+        frames = []
+        for sub in self.all():
+            if sub._draining:
+                continue
+            frames.append(sub._sub_frame)
+            if sub._max is not None:
+                left = sub._max - sub._received
+                if left > 0:
+                    frames.append(encode_unsub(sub.sid, left))
+        return frames
+
+
 class Subscription(MessageContext):
     """Interest in a subject (with wildcards and an optional queue group).
 
@@ -51,11 +111,11 @@ class Subscription(MessageContext):
     to the bus's error handler as :class:`~telestion_sync.SlowConsumerError`).
     """
 
-    _bus: MessageBus  # never None here, unlike a detached MessageContext
+    _bus: SubscriptionHost  # never None here, unlike a detached MessageContext
 
     def __init__(
         self,
-        bus: MessageBus,
+        bus: SubscriptionHost,
         sid: int,
         subject: str,
         queue: Optional[str],
