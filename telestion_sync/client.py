@@ -8,7 +8,6 @@ may call ``request()`` on the same bus without deadlock.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import secrets
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import codecs as _codecs
+from ._exit import register_exit
 from .auth import Credentials, Secret
 from .connection import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -171,7 +171,6 @@ class SubjectCache:
 _live_buses: weakref.WeakSet[MessageBus] = weakref.WeakSet()
 
 
-@atexit.register
 def _close_at_exit() -> None:
     """Flush and close buses a script forgot to close, so buffered publishes still go out."""
     for bus in list(_live_buses):
@@ -179,6 +178,9 @@ def _close_at_exit() -> None:
             bus.close()
         except Exception:  # pragma: no cover - best effort at interpreter exit
             log.debug("closing a bus at exit failed", exc_info=True)
+
+
+register_exit(_close_at_exit)
 
 
 class MessageBus(Handler):
@@ -378,14 +380,20 @@ class MessageBus(Handler):
         """Send what is buffered, stop all threads, end every subscription (idempotent).
 
         Blocked ``request()`` calls and ``next_msg()`` calls return with
-        :class:`ConnectionClosedError`.
+        :class:`ConnectionClosedError`. Takes at most about 2 s (sending what is buffered,
+        callbacks running now) plus a second to join the threads.
         """
+        self._shutdown(2.0)
+
+    def _shutdown(self, timeout: float) -> None:
+        """close() within ``timeout`` seconds (plus joining threads that are ending)."""
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+        deadline = time.monotonic() + timeout
         _live_buses.discard(self)
-        self._conn.close()
+        self._conn.close(timeout)
         self._requests.fail_all()
         subs = self._subs.all()
         for sub in subs:
@@ -393,8 +401,7 @@ class MessageBus(Handler):
         error = self._closed_error()
         for sub in subs:  # as nats.go: what is pending is not delivered now
             sub._stop(error, wait=0)
-        deadline = time.monotonic() + 2.0  # for a callback that is running now to return
-        for sub in subs:
+        for sub in subs:  # a callback running now returns first (within what is left)
             sub._join(max(0.0, deadline - time.monotonic()))
         self._dispatcher.close(max(0.0, deadline - time.monotonic()))
         self._status.tell(State.CLOSED)
@@ -430,7 +437,8 @@ class MessageBus(Handler):
                     TimeoutError(f"drain did not finish within {timeout} s; still delivering: {names}")
                 )
         finally:
-            self.close()
+            # what is left of the timeout (at least a moment to send what is buffered)
+            self._shutdown(max(0.1, deadline - time.monotonic()))
 
     # --- publishing --------------------------------------------------------------------------
 
@@ -719,9 +727,13 @@ class MessageBus(Handler):
         # Marked first: a reconnect while the flush waits must not subscribe it again (the
         # server would route a queue group's share to a member that is going away).
         sub._draining = True
-        self._conn.write_control(encode_unsub(sub.sid))
-        self.flush(DEFAULT_TIMEOUT if timeout is None else timeout)
-        self._remove_sub(sub.sid)
+        try:
+            self._conn.write_control(encode_unsub(sub.sid))
+            self.flush(DEFAULT_TIMEOUT if timeout is None else timeout)
+        finally:
+            # Ended even when the flush failed: the server has no interest in it any more (the
+            # UNSUB, or a reconnect that left it out), so it must not look alive.
+            self._remove_sub(sub.sid)
 
     def _count_unrouted(self) -> None:
         """A message for a subscription that just ended (reader thread only)."""

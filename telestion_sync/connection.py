@@ -938,8 +938,10 @@ class Connection:
     # --- ending ------------------------------------------------------------------------------
 
     def close(self, timeout: float = 2.0) -> None:
-        """Send what is buffered, close the socket and join the threads (idempotent)."""
+        """Send what is buffered (for up to ``timeout`` seconds in all), close the socket and
+        join the threads (up to a second more: they end at once once it is shut) (idempotent)."""
         me = threading.current_thread()
+        deadline = time.monotonic() + timeout
         with self._wlock:
             if self.closed:
                 return
@@ -950,7 +952,7 @@ class Connection:
             drainer.join(timeout)  # what was queued for a lame-duck server reaches it first
             link = self._link
         if link is not None and link.alive and link.writer is not me:
-            self._drain_writer(link, timeout)
+            self._drain_writer(link, deadline)
         with self._wlock:
             self.closed = True
             self._set_state(State.CLOSED)
@@ -967,7 +969,7 @@ class Connection:
         _fail(waiters)
         if link is not None:
             hang_up(link.sock)
-        deadline = time.monotonic() + timeout
+        deadline = max(deadline, time.monotonic()) + 1.0
         while True:  # a helper may start another (a drain starts the reconnect loop)
             with self._wlock:
                 others = [t for t in self._threads(link) if t is not me and t.is_alive()]
@@ -976,12 +978,16 @@ class Connection:
             for t in others:
                 t.join(max(0.0, deadline - time.monotonic()))
 
-    def _drain_writer(self, link: _Link, timeout: float) -> None:
-        """Wait (bounded) until the writer has taken everything buffered."""
+    def _drain_writer(self, link: _Link, deadline: float) -> None:
+        """Wait until the writer has taken everything buffered and sent it, by ``deadline``."""
         with self._wlock:
             self._wcond.notify_all()
-            self._state_cond.wait_for(lambda: not (self._wbuf and link.alive and self.connected), timeout)
-        if self._send_lock.acquire(timeout=timeout):  # a sendall in progress finishes first
+            self._state_cond.wait_for(
+                lambda: not (self._wbuf and link.alive and self.connected),
+                max(0.0, deadline - time.monotonic()),
+            )
+        # a sendall in progress finishes first
+        if self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             self._send_lock.release()
 
     def _threads(self, link: Optional[_Link]) -> List[threading.Thread]:

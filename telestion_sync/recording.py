@@ -30,6 +30,7 @@ import re
 import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -51,6 +52,7 @@ from typing import (
 import cbor2
 
 from . import codecs as _codecs
+from ._exit import register_exit
 from .errors import DecodeError, Error
 from .message import Message
 from .options import CALL, check_seconds, is_int
@@ -89,8 +91,8 @@ def header_items(msg: Any) -> HeaderItems:
         items: HeaderItems = []
         for line in block.decode("utf-8", "replace").split("\r\n")[1:]:
             key, sep, value = line.partition(":")
-            if sep:
-                items.append((key.strip(), value.strip()))
+            if sep:  # the value as sent: only the one space after the colon is the format's
+                items.append((key, value[1:] if value.startswith(" ") else value))
         return items
     headers = getattr(msg, "headers", None) or {}
     return [(str(k), str(v)) for k, v in headers.items()]
@@ -500,6 +502,22 @@ def load_recording(path: Source) -> Recording:
 # --- recording ----------------------------------------------------------------------------------
 
 
+_running: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _stop_at_exit() -> None:
+    """Recorders a script never stopped write what they hold before the bus closes (a clean
+    exit loses nothing; only a crash may lose the last unflushed second)."""
+    for rec in list(_running):
+        try:
+            rec.stop()
+        except Exception:  # pragma: no cover - best effort at interpreter exit
+            log.debug("stopping a recorder at exit failed", exc_info=True)
+
+
+register_exit(_stop_at_exit)  # registered after the bus's: runs before it
+
+
 class Recorder:
     """Writes every message on ``subjects`` to ``path`` until :meth:`stop`; a context manager.
 
@@ -584,7 +602,9 @@ class Recorder:
         self._open(0)
         try:
             for s in self.subjects:
-                self._subs.append(self.bus.subscribe(s, self._on_msg))
+                # raw: nothing is decoded before delivery, so a payload that does not match
+                # its Content-Type is recorded too (byte-exact), not dropped
+                self._subs.append(self.bus.subscribe(s, self._on_msg, codec="raw"))
             self.bus.flush(timeout)
         except BaseException:
             for sub in self._subs:
@@ -599,6 +619,7 @@ class Recorder:
         self._state = "running"
         self._thread = threading.Thread(target=self._run, name="telestion_sync-recorder", daemon=True)
         self._thread.start()
+        _running.add(self)
         log.info("recording %s to %s", ", ".join(self.subjects), self.path)
         return self
 
@@ -608,6 +629,7 @@ class Recorder:
         if self._state != "running":
             return
         self._state = "stopping"
+        _running.discard(self)
         deadline = time.monotonic() + timeout
         for sub in self._subs:
             try:

@@ -31,6 +31,13 @@ DEFAULT_PENDING_BYTES_LIMIT = 64 * 1024 * 1024
 
 Callback = Callable[[Message], Any]
 _COND_LOCK = threading.Lock()  # guards the lazy creation of subscriptions' conditions
+#: ``active`` is set while the current thread runs a callback (pool worker or own thread).
+_delivering = threading.local()
+
+
+def in_callback() -> bool:
+    """True while the calling thread runs a subscription callback (of any subscription)."""
+    return getattr(_delivering, "active", False)
 
 
 class SubscriptionClosedError(Error):
@@ -385,6 +392,7 @@ class Subscription(MessageContext):
         plain = not self._eager and self._max is None
         with self._deliver_lock:
             self._deliverer = threading.current_thread()
+            _delivering.active = True
             try:
                 for _ in range(budget):
                     if self._stopped or not q:
@@ -401,6 +409,7 @@ class Subscription(MessageContext):
                         self._call(msg)
             finally:
                 self._deliverer = None
+                _delivering.active = False
             if (self._closed and not q) or self._stopped:
                 self._finish()
 
@@ -414,6 +423,7 @@ class Subscription(MessageContext):
         """A callback's own thread (``own_thread=True``): deliver until the end."""
         lock = self._deliver_lock
         self._deliverer = threading.current_thread()
+        _delivering.active = True
         while True:
             with lock:  # from taking the message until the callback returned (unsubscribe)
                 msg = self._pop(None)
@@ -432,10 +442,12 @@ class Subscription(MessageContext):
     def unsubscribe(self) -> None:
         """Stop receiving now; messages still pending are discarded.
 
-        Once it returns, the subscription hands out nothing more: ``next_msg`` raises, and a
-        callback running on another thread has returned (called from inside its own
-        callback, it returns at once and no further call follows). nats.go only promises
-        that no new message is queued; a callback could still start after its Unsubscribe.
+        Once it returns, the subscription hands out nothing more: ``next_msg`` raises, no
+        callback starts, and one running on another thread has returned. Called from inside
+        a callback (this subscription's or another's) it does not wait for the running one
+        (two callbacks ending each other's subscriptions must not deadlock), but no further
+        call follows. nats.go only promises that no new message is queued; a callback could
+        still start after its Unsubscribe.
         """
         if not (self._closed and not self._queue):
             self._bus._unsubscribe(self)
@@ -446,7 +458,7 @@ class Subscription(MessageContext):
         a callback running on another thread to return."""
         self._stopped = True
         self._discard(error)
-        if self._callback is not None and not self._in_callback():
+        if self._callback is not None and not in_callback():
             if self._deliver_lock.acquire(timeout=-1 if wait is None else wait):
                 self._deliver_lock.release()
                 if self._pool is not None:
@@ -475,8 +487,10 @@ class Subscription(MessageContext):
         """
         check_seconds("timeout", timeout, none=True, errors=CALL)
         if not self._closed:
-            self._bus._drain_sub(self, timeout)
-            self._close()
+            try:
+                self._bus._drain_sub(self, timeout)
+            finally:
+                self._close()  # pending messages are still handed out; then it ends
         if self._callback is not None and not self._in_callback():
             if not self.wait_finished(timeout):
                 raise TimeoutError(f"draining {self.subject!r} did not finish within {timeout} s")

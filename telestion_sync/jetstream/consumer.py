@@ -506,7 +506,7 @@ class _Pump:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue
-            except ConnectionClosedError:
+            except (ConnectionClosedError, SubscriptionClosedError):  # bus closed, or stop()
                 self.done = True
                 return None
             status = m.status

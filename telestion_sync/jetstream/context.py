@@ -123,6 +123,8 @@ class JetStream:
         self.domain = domain
         self.api_prefix = prefix
         self.timeout = check_timeout(timeout)
+        if self.timeout <= 0:  # every API call is a request, which needs time to wait
+            raise InvalidArgumentError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         self._publisher = AsyncPublisher(
             self, check_count(publish_async_max_pending, "publish_async_max_pending")
         )

@@ -673,6 +673,7 @@ class ObjectReader(io.RawIOBase):
         self._stop_consumer()
         digest = digest_string(self._sha)
         if self._received != self.info.size or (self.info.digest and digest != self.info.digest):
+            self._buf = memoryview(b"")  # none of the bad bytes are handed out afterwards
             raise DigestMismatchError(
                 f"object {self.info.name!r} in {self.info.bucket!r}: got {self._received} bytes with "
                 f"digest {digest}, its info says {self.info.size} bytes with {self.info.digest}"
