@@ -506,8 +506,8 @@ class _Pump:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue
-            except ConnectionClosedError:
-                self.done = True
+            except (ConnectionClosedError, SubscriptionClosedError):
+                self.done = True  # stopped (or the bus closed) while waiting
                 return None
             status = m.status
             if status is None:
