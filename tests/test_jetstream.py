@@ -698,3 +698,25 @@ def test_fetch_inboxes_are_shared_and_bounded(js: ts.JetStream, jsbus: ts.Messag
     for _ in range(40):  # a new Consumer object each time, as a script in a loop would make
         js.consumer(stream, "pool").fetch(1, timeout=0.01)
     assert len(jsbus.subscriptions) == 1  # one reused reply inbox, not one per object or fetch
+
+
+def test_parse_pub_ack_plain_fast_path_and_json_fallback() -> None:
+    from telestion_sync.jetstream.publish import parse_pub_ack
+
+    def msg(payload: bytes) -> ts.Message:
+        return ts.Message("_INBOX.x.1", payload)
+
+    assert parse_pub_ack(msg(b'{"stream":"S","seq":7}'), "s") == ts.PubAck("S", 7)
+    assert parse_pub_ack(msg(b'{"stream":"S","seq":7,"duplicate": true}'), "s") == ts.PubAck("S", 7, True)
+    hub = parse_pub_ack(msg(b'{"stream":"S","seq":7,"domain":"hub"}'), "s")
+    assert hub == ts.PubAck("S", 7, False, "hub")
+    assert parse_pub_ack(msg(b'{"stream":"S\\u003cx","seq":1}'), "s").stream == "S<x"
+    with pytest.raises(ts.JetStreamError):
+        parse_pub_ack(msg(b'{"stream":"S","seq":7'), "s")
+
+
+def test_publish_async_plain_acks_resolve_in_order(js: ts.JetStream, stream: str) -> None:
+    futs = [js.publish_async("t.a", b"%d" % i) for i in range(500)]
+    js.publish_async_complete(timeout=10)
+    acks = [f.result(0) for f in futs]
+    assert acks == [ts.PubAck(stream, i) for i in range(1, 501)]

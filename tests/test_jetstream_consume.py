@@ -446,3 +446,20 @@ def test_history(js: ts.JetStream) -> None:
     with pytest.raises(ts.InvalidArgumentError, match="start"):
         js.history("t.temp", start=datetime(2020, 1, 1))
     assert all(m.metadata.timestamp.tzinfo is timezone.utc for m in js.history("t.temp"))
+
+
+def test_consume_stop_while_waiting_ends_its_thread_quietly(js: ts.JetStream) -> None:
+    """stop() while the consume thread waits for a message: the thread ends without an
+    unhandled SubscriptionClosedError."""
+    seen: List[BaseException] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: seen.append(args.exc_value)  # type: ignore[assignment,misc]
+    try:
+        for _ in range(5):
+            cc = js.create_consumer("T").consume(lambda m: None)
+            time.sleep(0.05)
+            cc.stop()
+            assert cc.join(5)
+    finally:
+        threading.excepthook = old_hook
+    assert seen == []

@@ -681,3 +681,23 @@ def test_readme_kv_block_runs(js: ts.JetStream, jsbus: ts.MessageBus, capsys: An
         "['antenna.az'] 4",
         "3 SHA-256= 300000 ['pass-0042.bin']",
     ]
+
+
+def test_watch_entries_carry_revision_time_and_delta_like_get(kv: ts.KeyValue) -> None:
+    """A watch reads sequence, time and pending straight from the ack subject; the entry's
+    ``created`` (made on first access) is the same as ``get`` reports."""
+    kv.put("a", b"1")
+    kv.put("b", b"2")
+    with kv.watch() as w:
+        entries = [w.next(5), w.next(5)]
+        assert w.next(5) is None
+    for e in entries:
+        assert e is not None
+        got = kv.get(e.key)
+        assert (e.revision, e.created, e.payload) == (got.revision, got.created, got.payload)
+        assert e.created is not None and e.created.tzinfo is not None
+    assert [e.delta for e in entries if e is not None] == [1, 0]
+    e0 = entries[0]
+    assert e0 is not None
+    e0.created = None
+    assert e0.created is None

@@ -487,6 +487,15 @@ class JetStream:
         the error, or ``ts.TimeoutError`` when no ack came within ``timeout``). Blocks while
         ``publish_async_max_pending`` acks are outstanding, at most ``timeout`` seconds."""
         timeout = self._timeout(timeout)
+        if (
+            headers is None
+            and msg_id is None
+            and expected_stream is None
+            and expected_last_seq is None
+            and expected_last_subject_seq is None
+            and expected_last_msg_id is None
+        ):
+            return self._publisher.publish(subject, data, None, codec, timeout)  # the common case
         hdrs = self._pub_headers(
             headers,
             msg_id,

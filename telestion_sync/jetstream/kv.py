@@ -35,7 +35,8 @@ from .errors import (
     StreamNotFoundError,
     WrongLastSequenceError,
 )
-from .models import StreamConfig, StreamInfo, seconds
+from .message import ack_fields
+from .models import StreamConfig, StreamInfo, seconds, time_from_nanos
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import JetStream
@@ -129,7 +130,18 @@ class KeyValueEntry:
     ``created`` (aware UTC datetime), ``delta`` (entries still pending behind it in a watch,
     0 from ``get``) and ``operation`` (``"PUT"``, ``"DEL"`` or ``"PURGE"``)."""
 
-    __slots__ = ("bucket", "key", "payload", "revision", "created", "delta", "operation", "headers", "_codec")
+    __slots__ = (
+        "bucket",
+        "key",
+        "payload",
+        "revision",
+        "_created",
+        "_created_ns",
+        "delta",
+        "operation",
+        "headers",
+        "_codec",
+    )
 
     def __init__(
         self,
@@ -142,16 +154,31 @@ class KeyValueEntry:
         operation: str,
         headers: Optional[dict] = None,
         codec: _codecs.CodecSpec = None,
+        created_ns: int = -1,
     ) -> None:
         self.bucket = bucket
         self.key = key
         self.payload = payload
         self.revision = revision
-        self.created = created
+        self._created = created
+        self._created_ns = created_ns  # a watch's entries: converted on first access
         self.delta = delta
         self.operation = operation
         self.headers = headers or {}
         self._codec = codec
+
+    @property
+    def created(self) -> Optional[datetime]:
+        """When the revision was stored (aware UTC datetime)."""
+        c = self._created
+        if c is None and self._created_ns >= 0:
+            c = self._created = time_from_nanos(self._created_ns)
+        return c
+
+    @created.setter
+    def created(self, value: Optional[datetime]) -> None:
+        self._created = value
+        self._created_ns = -1
 
     @property
     def value(self) -> Any:
@@ -632,6 +659,10 @@ class Watcher:
     def _is_delete(self, entry: Any) -> bool:
         raise NotImplementedError
 
+    def _num_pending(self, m: JetStreamMessage, entry: Any) -> int:
+        """Messages still pending behind ``m`` (while the initial values are read)."""
+        return m.metadata.num_pending
+
     def next(self, timeout: Optional[float] = None) -> Any:
         """The next entry, or ``None`` once when the initial values are done.
         ``ts.TimeoutError`` after ``timeout`` seconds; ``SubscriptionClosedError`` once stopped."""
@@ -650,7 +681,7 @@ class Watcher:
             deliver = not (self._ignore_deletes and self._is_delete(e))
             if not self.initial_done.is_set():
                 self._received += 1
-                if self._received >= self._init_pending or m.metadata.num_pending == 0:
+                if self._received >= self._init_pending or self._num_pending(m, e) == 0:
                     self.initial_done.set()
                     if not deliver:
                         return None
@@ -736,18 +767,29 @@ class KeyWatcher(Watcher):
         return f"<KeyWatcher {self.kv.bucket!r} last_revision={self.last_revision}>"
 
     def _convert(self, m: JetStreamMessage) -> KeyValueEntry:
-        md = m.metadata
+        f = ack_fields(m.reply)  # the sequence, time and pending without the full metadata
+        if f is None:  # an unusual subject: the full parse (which raises what is wrong)
+            md = m.metadata
+            seq, created, ns, pending = md.sequence.stream, md.timestamp, -1, md.num_pending
+        else:
+            seq, ns, pending = f
+            created = None
+        h = m.headers
         return KeyValueEntry(
             self.kv.bucket,
             m.subject[self._prefix_len :],
             m.payload,
-            md.sequence.stream,
-            md.timestamp,
-            md.num_pending,
-            _operation(m.headers),
-            m.headers,
+            seq,
+            created,
+            pending,
+            _operation(h) if h else PUT,
+            h,
             self._codec,
+            ns,
         )
+
+    def _num_pending(self, m: JetStreamMessage, entry: KeyValueEntry) -> int:
+        return entry.delta
 
     def _is_delete(self, entry: KeyValueEntry) -> bool:
         return entry.operation != PUT

@@ -74,6 +74,22 @@ def ack_sequences(reply: Optional[str]) -> Optional[Tuple[str, int, int]]:
         return None
 
 
+def ack_fields(reply: Optional[str]) -> Optional[Tuple[int, int, int]]:
+    """``(stream seq, timestamp in ns, pending)`` from a ``$JS.ACK`` subject, None if it is
+    not one (what a KV watch needs per entry, without building the full metadata)."""
+    if not reply or not reply.startswith("$JS.ACK."):
+        return None
+    t = reply.split(".")
+    n = len(t)
+    off = 2 if n == 9 else 4 if n >= 11 else -1
+    if off < 0:
+        return None
+    try:
+        return int(t[off + 3]), int(t[off + 5]), int(t[off + 6])
+    except ValueError:
+        return None
+
+
 class JetStreamMessage:
     """A message delivered by a JetStream consumer.
 

@@ -12,6 +12,7 @@ import concurrent.futures
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
@@ -32,8 +33,16 @@ log = logging.getLogger("telestion_sync.jetstream.publish")
 DEFAULT_MAX_PENDING = 4000  # nats.go's PublishAsyncMaxPending
 
 
+# The common acknowledgement, ``{"stream":"S","seq":1}`` (no duplicate, domain or error):
+# read without the JSON parser (a third of the cost of an ack); anything else goes to json.
+_PLAIN_ACK = re.compile(rb'\{"stream":"([^"\\]+)","seq":(\d+)\}')
+
+
 def parse_pub_ack(msg: Message, subject: str) -> PubAck:
     """The PubAck in a stream's reply, or the exception its error stands for."""
+    m = _PLAIN_ACK.fullmatch(msg.payload)
+    if m is not None and msg.header_block is None:
+        return PubAck(m.group(1).decode(), int(m.group(2)))
     if msg.status == 503:
         raise NoRespondersError(subject)
     try:
