@@ -54,6 +54,7 @@ from .options import (
     check_max_msgs,
     check_publish,
     check_request,
+    check_subject,
     check_subscribe,
     check_timeout,
 )
@@ -466,9 +467,9 @@ class MessageBus(Handler):
             if sb is not None and n <= conn.inline_max:
                 conn.write_small(b"PUB %s %d\r\n%s\r\n" % (sb, n, data), n)
                 return
-        if reply is not None or headers is not None or codec is not None:
-            check_publish(reply, headers, codec)  # off the fast path, which takes none of these
-        rb = None if reply is None else validate_subject(reply, wildcards=False)
+        if headers is not None or codec is not None:
+            check_publish(None, headers, codec)  # off the fast path, which takes none of these
+        rb = None if reply is None else check_subject("reply", reply, wildcards=False)
         self._publish(subject, data, rb, headers, codec, False)
 
     def _publish(
@@ -482,12 +483,13 @@ class MessageBus(Handler):
         cache: bool = True,
     ) -> None:
         """Encode and queue a message; ``now`` for calls that wait for an answer (requests,
-        replies): sent at once, and never waiting behind another send. Reply subjects are
-        not cached (``cache=False``): they are used once."""
+        replies): sent at once, and never waiting behind another send. ``cache=False`` for
+        reply subjects received from the server: used once, so neither cached nor checked
+        again."""
         if cache:
             sb = self._pub_subjects.encode(subject)
-        else:
-            sb = self._pub_hot.get(subject) or validate_subject(subject, wildcards=False)
+        else:  # a reply subject the server gave us: used once, and valid (the server routed it)
+            sb = subject.encode("utf-8", "surrogateescape")
         hb: Optional[bytes] = None
         if type(data) is bytes and codec is None:
             payload = data

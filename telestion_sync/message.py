@@ -204,8 +204,14 @@ class Message:
         *,
         codec: _codecs.CodecSpec = None,
         headers: Optional[Mapping[str, Any]] = None,
+        immediate: bool = True,
     ) -> None:
-        """Publish ``data`` to this message's reply subject (answer a request)."""
+        """Publish ``data`` to this message's reply subject (answer a request).
+
+        Sent at once from the calling thread (for the requester's latency), never waiting
+        behind another send; ``immediate=False`` leaves it to the writer thread, which
+        batches (JetStream acks). The reply subject came from the server, so it is not
+        checked again."""
         if headers is not None or codec is not None:
             check_publish(None, headers, codec)
         if not self.reply:
@@ -213,7 +219,7 @@ class Message:
         bus = self._ctx._bus
         if bus is None:
             raise ValueError("message is not bound to a bus; use bus.publish(msg.reply, ...)")
-        bus._publish(self.reply, data, None, headers, codec, True, cache=False)
+        bus._publish(self.reply, data, None, headers, codec, immediate, cache=False)
         self._responded = True
 
     @property

@@ -159,7 +159,8 @@ class JetStreamMessage:
 
     def ack(self) -> None:
         """Acknowledge: processed, do not redeliver (no confirmation is awaited)."""
-        self._bus.publish(self._claim("ack"), _ACK)
+        self._claim("ack")
+        self.msg.respond(_ACK, immediate=False)  # batched by the writer; the server's subject
 
     def ack_sync(self, timeout: float = 5.0) -> None:
         """Acknowledge and wait until the server confirms it (raises ts.TimeoutError)."""
