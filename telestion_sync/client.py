@@ -865,12 +865,12 @@ class MessageBus(Handler):
 
     def _on_msg(self, event: Event) -> None:
         _, subject, sid, reply, payload, hdr = event
-        if sid == self._requests.sid:
-            self._requests.on_reply(subject, payload, hdr)
-            return
         sub = self._subs.get(sid)
         if sub is None:
-            self._subs.unrouted += 1  # sent before the server saw our UNSUB: counted, not lost unseen
+            if sid == self._requests.sid:
+                self._requests.on_reply(subject, payload, hdr)
+            else:  # sent before the server saw our UNSUB: counted, not lost unseen
+                self._subs.unrouted += 1
             return
         try:
             msg = Message(subject.decode(), payload, reply.decode() if reply else None, None, sub, hdr)

@@ -76,7 +76,6 @@ class Message:
         "reply",
         "payload",
         "_hraw",
-        "_hblock",
         "_hdict",
         "_status",
         "_description",
@@ -97,19 +96,18 @@ class Message:
         self.subject = subject
         self.reply = reply
         self.payload = payload
+        # The received header block, kept (recordings keep it exact) and parsed on first use
+        # into _hdict, _status and _description (set only then: the reader never pays).
+        self._hraw = raw_headers
         self._hdict = headers
-        self._hraw = raw_headers  # the received block, until it is parsed
-        self._hblock = raw_headers  # the received block, kept (recordings keep it exact)
-        self._status: Optional[int] = None
-        self._description = ""
         self._ctx = ctx
         self._data = _UNSET
 
     def _parse_headers(self) -> None:
-        """Parse the received header block once. Results are stored before the raw block is
-        dropped, so a second thread parsing at the same time reads the same values."""
+        """Parse the received header block once (``_hdict`` is set last: a second thread
+        parsing at the same time stores the same values)."""
         raw = self._hraw
-        if raw is None:
+        if raw is None or self._hdict is not None:
             return
         try:
             status, description, headers = parse_headers(raw)
@@ -118,17 +116,18 @@ class Message:
             bus = self._ctx._bus
             if bus is not None:
                 bus._report_error(exc)
-        self._hdict = headers
         self._status = status
         self._description = description
-        self._hraw = None
+        self._hdict = headers
 
     @property
     def _headers(self) -> Optional[Dict[str, str]]:
         """The parsed headers, or None when the message had none."""
-        if self._hraw is not None:
+        h = self._hdict
+        if h is None and self._hraw is not None:
             self._parse_headers()
-        return self._hdict
+            h = self._hdict
+        return h
 
     @property
     def headers(self) -> Dict[str, str]:
@@ -141,19 +140,23 @@ class Message:
         """The header block exactly as received (``NATS/1.0`` line, every ``Key: Value`` line
         in order, repeated keys apart), or None (no headers, or a message built locally).
         ``headers`` joins a repeated key's values; recorders keep them apart from this."""
-        return self._hblock
+        return self._hraw
 
     @property
     def status(self) -> Optional[int]:
         """The inline status code of a status message (e.g. 503 for no responders), else None."""
-        if self._hraw is not None:
+        if self._hraw is None:
+            return None
+        if self._hdict is None:
             self._parse_headers()
         return self._status
 
     @property
     def description(self) -> str:
         """The text after a status code (``"No Messages"``, ``"Request Timeout"``...)."""
-        if self._hraw is not None:
+        if self._hraw is None:
+            return ""
+        if self._hdict is None:
             self._parse_headers()
         return self._description
 
@@ -258,8 +261,8 @@ def make_message(
     status: Optional[int],
     description: str,
 ) -> Message:
-    """A Message with parsed headers and status (for messages not read off the wire)."""
-    msg = Message(subject, payload, reply, headers, ctx)
-    msg._status = status
-    msg._description = description
-    return msg
+    """A Message with headers and a status (for messages not read off the wire), built as
+    if received: its header block carries them."""
+    line = "NATS/1.0" if status is None else f"NATS/1.0 {status} {description}".rstrip()
+    block = "\r\n".join([line, *(f"{k}: {v}" for k, v in (headers or {}).items()), "", ""])
+    return Message(subject, payload, reply, None, ctx, block.encode())

@@ -129,7 +129,12 @@ class Parser:
                         reply = args[3]
                     else:
                         raise _bad_line(data[pos:end])
-                    size = self._size(args[-1], data, pos, end)
+                    try:
+                        size = int(args[-1])
+                    except ValueError:
+                        raise _bad_line(data[pos:end]) from None
+                    if size < 0 or size > self.max_payload:
+                        size = self._size(args[-1], data, pos, end)  # raises the right error
                     hsize = self._size(args[-2], data, pos, end) if hmsg else 0
                     if hsize > size:
                         raise _bad_line(data[pos:end])

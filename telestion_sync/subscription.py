@@ -244,7 +244,8 @@ class Subscription(MessageContext):
                 self._slow = True
                 self._bus._report_error(SlowConsumerError(self.subject, self.sid, self._dropped))
             return False
-        self._slow = False
+        if self._slow:
+            self._slow = False
         self._bytes_in += size
         q.append(msg)
         if self._max is not None and self._received >= self._max:
