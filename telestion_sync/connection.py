@@ -479,7 +479,8 @@ class Connection:
         disconnected, for the next server.
 
         Over the high-water mark a publisher sends the buffer itself (backpressure); with
-        ``block=False`` (calls with a timeout of their own) it never waits for another send.
+        ``block=False`` (calls with a timeout of their own, which call :meth:`send_now` next)
+        it never waits for another send.
         Raises :class:`OutboundBufferFullError` when disconnected and the reconnect buffer
         cannot take the frame, :class:`ConnectionClosedError` when closed.
         """
@@ -499,7 +500,10 @@ class Connection:
                 buf += part
             self.out_msgs += nmsgs
             self.out_bytes += nbytes
-            if self._writer_waiting:
+            # With block=False the caller sends at once itself (send_now), so the writer thread
+            # is not woken for it: a request costs no thread switch (send_now wakes the writer
+            # when another send holds the socket).
+            if self._writer_waiting and block:
                 self._writer_waiting = False
                 self._wcond.notify()
             big = self.connected and len(buf) > WRITE_HIGH_WATER
