@@ -141,3 +141,45 @@ def other(server: NatsServer) -> Iterator[ts.MessageBus]:
     b = ts.connect(server.url, name="other")
     yield b
     b.close()
+
+
+# --- JetStream servers and buses (shared by the JetStream, KV, Object Store, CLI, docs tests) ---
+
+
+@pytest.fixture(scope="module")
+def js_server() -> Iterator[NatsServer]:
+    """A JetStream-enabled nats-server shared by one test module (``jsbus`` cleans it up)."""
+    with NatsServer(jetstream=True) as srv:
+        yield srv
+
+
+@pytest.fixture
+def fresh_js_server() -> Iterator[NatsServer]:
+    """A JetStream-enabled nats-server of the test's own (for tests that kill or restart it)."""
+    with NatsServer(jetstream=True) as srv:
+        yield srv
+
+
+def fast_bus(url: Any) -> ts.MessageBus:
+    """A bus that reconnects at once and forever (restart tests should not wait on the
+    default back-off), its reported errors silenced."""
+    return ts.connect(
+        url, name="js-test", reconnect_time_wait=0.1, max_reconnect_attempts=-1, on_error=lambda e: None
+    )
+
+
+@pytest.fixture
+def jsbus(js_server: NatsServer) -> Iterator[ts.MessageBus]:
+    """A bus on the module's JetStream server; every stream it left is deleted afterwards."""
+    b = fast_bus(js_server.url)
+    yield b
+    if not b.is_closed:
+        js = b.jetstream()
+        for name in js.stream_names():
+            js.delete_stream(name)
+    b.close()
+
+
+@pytest.fixture
+def js(jsbus: ts.MessageBus) -> ts.JetStream:
+    return jsbus.jetstream()

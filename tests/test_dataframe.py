@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -48,14 +47,11 @@ def test_empty_and_filtered(tmp_path: Path) -> None:
     assert len(df) == 0 and "subject" in df.columns
 
 
-@pytest.fixture
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as srv:
-        yield srv
 
 
-def test_history_to_dataframe(js_server: NatsServer) -> None:
-    with ts.connect(js_server.url) as bus:
+
+def test_history_to_dataframe(fresh_js_server: NatsServer) -> None:
+    with ts.connect(fresh_js_server.url) as bus:
         js = bus.jetstream()
         js.create_stream("H", subjects=["h.>"])
         for i in range(5):
@@ -93,8 +89,8 @@ def test_progress_on_a_terminal() -> None:
     assert quiet.getvalue() == ""
 
 
-def test_rich_html(js_server: NatsServer) -> None:
-    with ts.connect(js_server.url) as bus:
+def test_rich_html(fresh_js_server: NatsServer) -> None:
+    with ts.connect(fresh_js_server.url) as bus:
         sub = bus.subscribe("html.x")
         assert "<b>Subscription" in sub._repr_html_() and "html.x" in sub._repr_html_()
         js = bus.jetstream()

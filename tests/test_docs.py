@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import pytest
 
@@ -77,10 +77,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert "wait_for" in reference and "load_recording" in reference  # docstrings rendered
 
 
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as srv:
-        yield srv
+
 
 
 @pytest.mark.timeout(60)

@@ -7,7 +7,7 @@ import concurrent.futures
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
@@ -16,29 +16,6 @@ from telestion_sync.jetstream.message import parse_metadata
 from telestion_sync.server import NatsServer
 
 from .conftest import join_all
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NatsServer]:
-    """One JetStream server for the module; each test cleans up its streams."""
-    with NatsServer(jetstream=True) as srv:
-        yield srv
-
-
-@pytest.fixture
-def jsbus(js_server: NatsServer) -> Iterator[ts.MessageBus]:
-    b = ts.connect(js_server.url, name="js-test")
-    yield b
-    if not b.is_closed:
-        js = b.jetstream()
-        for name in js.stream_names():
-            js.delete_stream(name)
-    b.close()
-
-
-@pytest.fixture
-def js(jsbus: ts.MessageBus) -> ts.JetStream:
-    return jsbus.jetstream()
 
 
 @pytest.fixture

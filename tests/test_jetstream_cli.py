@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, List, Tuple
-
-import pytest
+from typing import Any, List, Tuple
 
 import telestion_sync as ts
 from telestion_sync import cli
@@ -15,12 +13,6 @@ from telestion_sync.server import NatsServer, free_port
 
 from .conftest import wait_for_line
 from .test_cli import assert_stops_cleanly, started
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as srv:
-        yield srv
 
 
 def run(capsys: Any, url: str, *args: str) -> Tuple[int, str, str]:

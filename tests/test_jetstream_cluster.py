@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -98,10 +98,7 @@ def test_cluster_kill_stream_leader_while_publishing() -> None:
 # --- interop with nats-py ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as srv:
-        yield srv
+
 
 
 def _run(coro: Any) -> Any:
@@ -109,11 +106,11 @@ def _run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-def test_nats_py_publishes_we_consume(js_server: NatsServer) -> None:
+def test_nats_py_publishes_we_consume(fresh_js_server: NatsServer) -> None:
     import nats
 
     async def produce() -> List[int]:
-        nc = await nats.connect(js_server.url)
+        nc = await nats.connect(fresh_js_server.url)
         js = nc.jetstream()
         await js.add_stream(name="PY", subjects=["py.>"])
         seqs = []
@@ -124,7 +121,7 @@ def test_nats_py_publishes_we_consume(js_server: NatsServer) -> None:
         return seqs
 
     assert _run(produce()) == list(range(1, 101))
-    with ts.connect(js_server.url) as bus:
+    with ts.connect(fresh_js_server.url) as bus:
         js = bus.jetstream()
         c = js.create_consumer("PY", durable="here")
         got = []
@@ -138,11 +135,11 @@ def test_nats_py_publishes_we_consume(js_server: NatsServer) -> None:
         assert js.get_msg("PY", 5).headers["Nats-Msg-Id"] == "py-4"
 
 
-def test_we_publish_nats_py_consumes_and_its_durable_is_usable_here(js_server: NatsServer) -> None:
+def test_we_publish_nats_py_consumes_and_its_durable_is_usable_here(fresh_js_server: NatsServer) -> None:
     import nats
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    with ts.connect(js_server.url) as bus:
+    with ts.connect(fresh_js_server.url) as bus:
         js = bus.jetstream()
         js.create_stream("MIX", subjects=["mix.>"])
         for i in range(50):
@@ -150,7 +147,7 @@ def test_we_publish_nats_py_consumes_and_its_durable_is_usable_here(js_server: N
         js.publish_async_complete(10)
 
         async def consume_and_create() -> List[Any]:
-            nc = await nats.connect(js_server.url)
+            nc = await nats.connect(fresh_js_server.url)
             pjs = nc.jetstream()
             sub = await pjs.pull_subscribe("mix.data", durable="pyreader")
             out = []
@@ -180,10 +177,10 @@ def test_we_publish_nats_py_consumes_and_its_durable_is_usable_here(js_server: N
         assert js.consumer("MIX", "pyreader").fetch(10, timeout=0.3) == []
 
 
-def test_nats_py_ordered_and_ours_agree(js_server: NatsServer) -> None:
+def test_nats_py_ordered_and_ours_agree(fresh_js_server: NatsServer) -> None:
     import nats
 
-    with ts.connect(js_server.url) as bus:
+    with ts.connect(fresh_js_server.url) as bus:
         js = bus.jetstream()
         js.create_stream("ORD", subjects=["ord.>"])
         for i in range(300):
@@ -192,7 +189,7 @@ def test_nats_py_ordered_and_ours_agree(js_server: NatsServer) -> None:
         ours = [m.payload for m in js.history("ord.1")]
 
         async def theirs() -> List[bytes]:
-            nc = await nats.connect(js_server.url)
+            nc = await nats.connect(fresh_js_server.url)
             pjs = nc.jetstream()
             sub = await pjs.subscribe("ord.1", ordered_consumer=True)
             out = []

@@ -13,24 +13,13 @@ import pytest
 import telestion_sync as ts
 from telestion_sync.server import NatsServer
 
-from .conftest import ErrorLog, wait_until
+from .conftest import ErrorLog, fast_bus, wait_until
 from .proxy import TCPProxy
 
 
 @pytest.fixture
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as srv:
-        yield srv
-
-
-def _connect(url: str) -> ts.MessageBus:
-    # Fast reconnects: restart tests should not wait on the default 2 s back-off.
-    return ts.connect(url, reconnect_time_wait=0.1, max_reconnect_attempts=-1, on_error=lambda e: None)
-
-
-@pytest.fixture
-def jsbus(js_server: NatsServer) -> Iterator[ts.MessageBus]:
-    b = _connect(js_server.url)
+def jsbus(fresh_js_server: NatsServer) -> Iterator[ts.MessageBus]:
+    b = fast_bus(fresh_js_server.url)
     yield b
     b.close()
 
@@ -162,8 +151,8 @@ def test_consume_missing_consumer_reported_and_retried(js: ts.JetStream) -> None
     cc.stop()
 
 
-def test_consume_bus_close_ends_it_and_no_thread_outlives(js_server: NatsServer) -> None:
-    b = _connect(js_server.url)
+def test_consume_bus_close_ends_it_and_no_thread_outlives(fresh_js_server: NatsServer) -> None:
+    b = fast_bus(fresh_js_server.url)
     js = b.jetstream()
     js.create_stream("T", subjects=["t.>"])
     c = js.create_consumer("T")
@@ -224,10 +213,10 @@ def test_messages_next_timeout_and_threads(js: ts.JetStream) -> None:
         assert sorted(seen) == list(range(1, 301))
 
 
-def test_missed_heartbeats_are_reported_and_the_pull_renewed(js_server: NatsServer) -> None:
+def test_missed_heartbeats_are_reported_and_the_pull_renewed(fresh_js_server: NatsServer) -> None:
     """A link that silently stalls (no heartbeats, no disconnect noticed): after twice the
     heartbeat interval the error handler hears of it and, once traffic flows, messages come."""
-    proxy = TCPProxy(js_server.host, js_server.port)
+    proxy = TCPProxy(fresh_js_server.host, fresh_js_server.port)
     try:
         with ts.connect(proxy.url, ping_interval=60, on_error=lambda e: None) as b:
             js = b.jetstream()
@@ -253,11 +242,11 @@ def test_missed_heartbeats_are_reported_and_the_pull_renewed(js_server: NatsServ
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["consume", "messages"])
-def test_server_restart_during_consume(js_server: NatsServer, mode: str) -> None:
+def test_server_restart_during_consume(fresh_js_server: NatsServer, mode: str) -> None:
     """kill -9 and restart on the same store dir while consuming: every message is processed
     (unacknowledged ones come back after ack_wait), none is skipped."""
     total = 3000
-    b = _connect(js_server.url)
+    b = fast_bus(fresh_js_server.url)
     try:
         js = b.jetstream()
         js.create_stream("T", subjects=["t.>"])
@@ -287,8 +276,8 @@ def test_server_restart_during_consume(js_server: NatsServer, mode: str) -> None
             t = threading.Thread(target=loop)
             t.start()
         assert reached.wait(20)
-        js_server.kill()
-        js_server.restart()
+        fresh_js_server.kill()
+        fresh_js_server.restart()
         restarted.set()
         collect.wait_unique(total, 40)
         assert set(collect.seqs) == set(range(1, total + 1))
@@ -306,9 +295,9 @@ def test_server_restart_during_consume(js_server: NatsServer, mode: str) -> None
 
 
 @pytest.mark.timeout(60)
-def test_server_restart_during_ordered_replay(js_server: NatsServer) -> None:
+def test_server_restart_during_ordered_replay(fresh_js_server: NatsServer) -> None:
     total = 5000
-    b = _connect(js_server.url)
+    b = fast_bus(fresh_js_server.url)
     try:
         js = b.jetstream()
         js.create_stream("T", subjects=["t.>"])
@@ -319,8 +308,8 @@ def test_server_restart_during_ordered_replay(js_server: NatsServer) -> None:
         for m in oc.messages(max_messages=200):
             seqs.append(m.metadata.sequence.stream)
             if len(seqs) == 1000 and not restarted.is_set():
-                js_server.kill()
-                js_server.restart()
+                fresh_js_server.kill()
+                fresh_js_server.restart()
                 restarted.set()
             if len(seqs) == total:
                 break
@@ -403,8 +392,8 @@ def test_ordered_resets_when_its_consumer_is_deleted(js: ts.JetStream) -> None:
     oc.close()
 
 
-def test_ordered_consumer_resets_after_reconnect(js_server: NatsServer) -> None:
-    proxy = TCPProxy(js_server.host, js_server.port)
+def test_ordered_consumer_resets_after_reconnect(fresh_js_server: NatsServer) -> None:
+    proxy = TCPProxy(fresh_js_server.host, fresh_js_server.port)
     try:
         with ts.connect(proxy.url, reconnect_time_wait=0.1, on_error=lambda e: None) as b:
             js = b.jetstream()

@@ -7,41 +7,14 @@ import asyncio
 import threading
 import time
 from datetime import timedelta
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
 
 import telestion_sync as ts
 from telestion_sync.server import NatsCluster, NatsServer
 
-from .conftest import wait_until
-
-
-def _connect(url: Any) -> ts.MessageBus:
-    # Fast reconnects: restart tests should not wait on the default back-off.
-    return ts.connect(url, reconnect_time_wait=0.1, max_reconnect_attempts=-1, on_error=lambda e: None)
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as srv:
-        yield srv
-
-
-@pytest.fixture
-def jsbus(js_server: NatsServer) -> Iterator[ts.MessageBus]:
-    b = _connect(js_server.url)
-    yield b
-    if not b.is_closed:
-        js = b.jetstream()
-        for name in js.stream_names():
-            js.delete_stream(name)
-    b.close()
-
-
-@pytest.fixture
-def js(jsbus: ts.MessageBus) -> ts.JetStream:
-    return jsbus.jetstream()
+from .conftest import fast_bus, wait_until
 
 
 @pytest.fixture
@@ -483,7 +456,7 @@ def test_concurrent_watchers_on_one_bucket(kv: ts.KeyValue) -> None:
 
 
 def test_watch_thread_ends_when_bus_closes(js_server: NatsServer) -> None:
-    b = _connect(js_server.url)
+    b = fast_bus(js_server.url)
     kv = b.jetstream().create_key_value("closing")
     try:
         w = kv.watch(callback=lambda e: None)
@@ -512,7 +485,7 @@ def test_watch_survives_kill_9_restart() -> None:
     """kill -9 and restart on the same store: the watch resumes after the last revision it
     handed out; the updates written right after the restart all arrive, none twice."""
     with NatsServer(jetstream=True) as srv:
-        wb, pb = _connect(srv.url), _connect(srv.url)
+        wb, pb = fast_bus(srv.url), fast_bus(srv.url)
         try:
             kv = pb.jetstream().create_key_value("live", history=5)
             for i in range(10):
@@ -550,10 +523,10 @@ def test_watch_survives_failover_to_another_cluster_node() -> None:
     none twice (compared with what the stream holds, since a put retried after a lost ack may
     legitimately be stored twice)."""
     with NatsCluster(3, jetstream=True) as cluster:
-        wb = _connect(cluster.urls)
+        wb = fast_bus(cluster.urls)
         victim = cluster.node_for(wb.connected_url)
         other_url = next(u for u in cluster.urls if u != victim.url)
-        pb = _connect(other_url)
+        pb = fast_bus(other_url)
         try:
             js = pb.jetstream(timeout=5)
             deadline = time.monotonic() + 30

@@ -7,20 +7,12 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Tuple
-
-import pytest
+from typing import Any, Tuple
 
 import telestion_sync as ts
 from telestion_sync import cli
 from telestion_sync.cli_kv import Progress
 from telestion_sync.server import NatsServer
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as srv:
-        yield srv
 
 
 def run(capsys: Any, url: str, *args: str) -> Tuple[int, str, str]:

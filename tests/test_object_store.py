@@ -11,34 +11,12 @@ import io
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
 import telestion_sync as ts
 from telestion_sync.server import NatsServer
-
-
-@pytest.fixture(scope="module")
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as srv:
-        yield srv
-
-
-@pytest.fixture
-def jsbus(js_server: NatsServer) -> Iterator[ts.MessageBus]:
-    b = ts.connect(js_server.url, on_error=lambda e: None)
-    yield b
-    if not b.is_closed:
-        js = b.jetstream()
-        for name in js.stream_names():
-            js.delete_stream(name)
-    b.close()
-
-
-@pytest.fixture
-def js(jsbus: ts.MessageBus) -> ts.JetStream:
-    return jsbus.jetstream()
 
 
 @pytest.fixture

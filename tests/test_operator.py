@@ -162,14 +162,11 @@ def test_waiting_goes_on_across_a_reconnect(restartable: NatsServer) -> None:
         assert result == [{"ok": 1}]
 
 
-@pytest.fixture
-def js_server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=True) as srv:
-        yield srv
 
 
-def test_latest_stored_value_first(js_server: NatsServer) -> None:
-    with ts.connect(js_server.url) as bus:
+
+def test_latest_stored_value_first(fresh_js_server: NatsServer) -> None:
+    with ts.connect(fresh_js_server.url) as bus:
         js = bus.jetstream()
         js.create_stream("TM", subjects=["tm.>"])
         js.publish("tm.temp", {"celsius": 35})
