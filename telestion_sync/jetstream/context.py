@@ -802,24 +802,25 @@ class JetStream:
         self, bucket: str, *, codec: _codecs.CodecSpec = None, timeout: Optional[float] = None
     ) -> KeyValue:
         """An existing bucket (:class:`BucketNotFoundError` when there is none)."""
-        from .kv import KeyValue, check_bucket
+        from .kv import KeyValue
 
-        check_bucket(bucket)
-        try:
-            info = self.stream_info(f"KV_{bucket}", timeout=timeout)
-        except StreamNotFoundError:
-            raise BucketNotFoundError(f"bucket {bucket!r} not found", 404, 10059) from None
+        info = self._on_bucket(self.stream_info, "KV_", "bucket", bucket, timeout)
         return KeyValue(self, bucket, info, codec)
 
     def delete_key_value(self, bucket: str, *, timeout: Optional[float] = None) -> None:
         """Delete a bucket and everything in it (:class:`BucketNotFoundError`)."""
+        self._on_bucket(self.delete_stream, "KV_", "bucket", bucket, timeout)
+
+    def _on_bucket(self, call: Any, prefix: str, what: str, bucket: str, timeout: Optional[float]) -> Any:
+        """``call`` on the stream behind a bucket (``KV_``/``OBJ_`` + its name): a bad name is
+        an error before anything is sent, a missing stream :class:`BucketNotFoundError`."""
         from .kv import check_bucket
 
         check_bucket(bucket)
         try:
-            self.delete_stream(f"KV_{bucket}", timeout=timeout)
+            return call(f"{prefix}{bucket}", timeout=timeout)
         except StreamNotFoundError:
-            raise BucketNotFoundError(f"bucket {bucket!r} not found", 404, 10059) from None
+            raise BucketNotFoundError(f"{what} {bucket!r} not found", 404, 10059) from None
 
     def key_value_names(self, *, timeout: Optional[float] = None) -> List[str]:
         """The names of all Key-Value buckets, sorted."""
@@ -864,25 +865,14 @@ class JetStream:
 
     def object_store(self, bucket: str, *, timeout: Optional[float] = None) -> ObjectStore:
         """An existing Object Store (:class:`BucketNotFoundError` when there is none)."""
-        from .kv import check_bucket
         from .object_store import ObjectStore
 
-        check_bucket(bucket)
-        try:
-            info = self.stream_info(f"OBJ_{bucket}", timeout=timeout)
-        except StreamNotFoundError:
-            raise BucketNotFoundError(f"object store {bucket!r} not found", 404, 10059) from None
+        info = self._on_bucket(self.stream_info, "OBJ_", "object store", bucket, timeout)
         return ObjectStore(self, bucket, info)
 
     def delete_object_store(self, bucket: str, *, timeout: Optional[float] = None) -> None:
         """Delete an Object Store and every object in it (:class:`BucketNotFoundError`)."""
-        from .kv import check_bucket
-
-        check_bucket(bucket)
-        try:
-            self.delete_stream(f"OBJ_{bucket}", timeout=timeout)
-        except StreamNotFoundError:
-            raise BucketNotFoundError(f"object store {bucket!r} not found", 404, 10059) from None
+        self._on_bucket(self.delete_stream, "OBJ_", "object store", bucket, timeout)
 
     def object_store_names(self, *, timeout: Optional[float] = None) -> List[str]:
         """The names of all Object Stores, sorted."""
