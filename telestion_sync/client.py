@@ -287,6 +287,7 @@ class MessageBus(Handler):
         self._sids = itertools.count(1)
         self._pub_subjects = SubjectCache(_SUBJECT_CACHE_SIZE)
         self._pub_hot = self._pub_subjects.young  # the publish fast path's lookup
+        self._write_small = self._conn.write_small  # ... and its write, bound once
         self._touched: List[Subscription] = []
         # Requests: one wildcard subscription, replies matched by the last token.
         self._requests = RequestMux(inbox_prefix, lambda: next(self._sids), MessageContext(self))
@@ -462,10 +463,9 @@ class MessageBus(Handler):
         if reply is None and headers is None and codec is None and type(data) is bytes:
             # The hot path: a cached subject and raw bytes, written straight into the buffer.
             sb = self._pub_hot.get(subject)
-            conn = self._conn
             n = len(data)
-            if sb is not None and n <= conn.inline_max:
-                conn.write_small(b"PUB %s %d\r\n%s\r\n" % (sb, n, data), n)
+            if sb is not None and n <= self._conn.inline_max:
+                self._write_small(b"PUB %s %d\r\n%s\r\n" % (sb, n, data), n)
                 return
         if headers is not None or codec is not None:
             check_publish(None, headers, codec)  # off the fast path, which takes none of these
