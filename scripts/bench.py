@@ -718,10 +718,18 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 
 
 def run_one(client: str, test: str, url: str, params: Dict[str, int], timeout: float) -> Dict[str, Any]:
+    extra = ["--size", str(params["size"]), "--warmup", str(params["warmup"])]
+    return run_worker_process("worker", client, test, url, params["n"], extra, timeout)
+
+
+def run_worker_process(
+    role: str, client: str, test: str, url: str, n: int, extra: Sequence[str], timeout: float
+) -> Dict[str, Any]:
+    """One measurement in a fresh process of this script (``--role``): its JSON result line,
+    or ``ok: False`` with why (a timeout, a crash)."""
     cmd = [
-        sys.executable, os.path.abspath(__file__), "--role", "worker", "--client", client,
-        "--test", test, "--url", url, "--n", str(params["n"]), "--size", str(params["size"]),
-        "--warmup", str(params["warmup"]),
+        sys.executable, os.path.abspath(__file__), "--role", role, "--client", client,
+        "--test", test, "--url", url, "--n", str(n), *extra,
     ]  # fmt: skip
     note = ""
     try:
@@ -1156,16 +1164,20 @@ async def natspy_js_worker(test: str, url: str, n: int) -> Dict[str, Any]:
     return {"ok": True, "rate": n / el, "seconds": el}
 
 
-def run_js_worker(args: argparse.Namespace) -> int:
+def print_worker_result(run: Callable[[], Dict[str, Any]]) -> int:
+    """A worker's one line of output: its result as JSON, or the error it failed with."""
     try:
-        if args.client == "telestion_sync":
-            res = ts_js_worker(args.test, args.url, args.n)
-        else:
-            res = asyncio.run(natspy_js_worker(args.test, args.url, args.n))
+        res = run()
     except Exception as exc:
         res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(res), flush=True)
     return 0
+
+
+def run_js_worker(args: argparse.Namespace) -> int:
+    if args.client == "telestion_sync":
+        return print_worker_result(lambda: ts_js_worker(args.test, args.url, args.n))
+    return print_worker_result(lambda: asyncio.run(natspy_js_worker(args.test, args.url, args.n)))
 
 
 def run_js_driver(args: argparse.Namespace) -> int:
@@ -1192,27 +1204,8 @@ def run_js_driver(args: argparse.Namespace) -> int:
             for test in tests:
                 for c in order:
                     js.purge_stream("BENCH_PUB")
-                    cmd = [
-                        sys.executable,
-                        os.path.abspath(__file__),
-                        "--role",
-                        "js-worker",
-                        "--client",
-                        c,
-                        "--test",
-                        test,
-                        "--url",
-                        server.url,
-                        "--n",
-                        str(counts[test]),
-                    ]
                     t0 = time.monotonic()
-                    try:
-                        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                        lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-                        res = json.loads(lines[-1]) if lines else {"ok": False, "error": cp.stderr[-300:]}
-                    except subprocess.TimeoutExpired:
-                        res = {"ok": False, "error": f"timeout {args.timeout:g} s"}
+                    res = run_worker_process("js-worker", c, test, server.url, counts[test], (), args.timeout)
                     results[test][c].append(res)
                     shown = f"{res['rate']:,.0f} msg/s" if res.get("ok") else f"ERROR {res.get('error')}"
                     took = time.monotonic() - t0
@@ -1222,18 +1215,39 @@ def run_js_driver(args: argparse.Namespace) -> int:
                     )
                     for info in js.consumers("BENCH_READ"):  # each worker's durable goes
                         js.delete_consumer("BENCH_READ", info.name)
-    lines = [
+    lines, misses = ratio_table(
         "## JetStream benchmark",
-        "",
-        "command: " + " ".join(shlex.quote(a) for a in ["python", os.path.relpath(__file__), *sys.argv[1:]]),
         f"memory-stored streams, 16 B payloads, {args.rounds} rounds, clients interleaved; "
         f"wall time {time.monotonic() - started:.0f} s",
+        JS_METRICS,
+        results,
+        tests,
+    )
+    print("\n".join(lines))
+    return 0 if misses == 0 else 1
+
+
+def ratio_table(
+    title: str,
+    setting: str,
+    metrics: Sequence[Metric],
+    results: Results,
+    tests: Sequence[str],
+    fmt: Callable[[Metric, Optional[float]], str] = lambda m, v: fmt_num(v),
+) -> Tuple[List[str], int]:
+    """The markdown report of a telestion_sync vs nats-py section (JetStream, KV): its lines
+    and how many targets were missed."""
+    lines = [
+        title,
+        "",
+        "command: " + " ".join(shlex.quote(a) for a in ["python", os.path.relpath(__file__), *sys.argv[1:]]),
+        setting,
         "",
         "| metric | telestion_sync | nats-py | ratio per round | median ratio | target | result |",
         "|---|---|---|---|---|---|---|",
     ]
     misses = 0
-    for m in JS_METRICS:
+    for m in metrics:
         if m.test not in tests:
             continue
         a = values(results, m.test, "telestion_sync", m.key)
@@ -1243,12 +1257,11 @@ def run_js_driver(args: argparse.Namespace) -> int:
         ok = med is not None and m.passes(med)
         misses += not ok
         lines.append(
-            f"| {m.label} | {fmt_num(median(a))} | {fmt_num(median(b))} | "
+            f"| {m.label} | {fmt(m, median(a))} | {fmt(m, median(b))} | "
             + ", ".join(fmt_ratio(r) for r in per)
             + f" | {fmt_ratio(med)} | {m.target_text()} | {'PASS' if ok else 'FAIL'} |"
         )
-    print("\n".join(lines))
-    return 0 if misses == 0 else 1
+    return lines, misses
 
 
 # --------------------------------------------------------------------------------------------
@@ -1404,15 +1417,9 @@ async def natspy_kv_worker(test: str, url: str, n: int, path: str) -> Dict[str, 
 
 
 def run_kv_worker(args: argparse.Namespace) -> int:
-    try:
-        if args.client == "telestion_sync":
-            res = ts_kv_worker(args.test, args.url, args.n, args.path)
-        else:
-            res = asyncio.run(natspy_kv_worker(args.test, args.url, args.n, args.path))
-    except Exception as exc:
-        res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(res), flush=True)
-    return 0
+    if args.client == "telestion_sync":
+        return print_worker_result(lambda: ts_kv_worker(args.test, args.url, args.n, args.path))
+    return print_worker_result(lambda: asyncio.run(natspy_kv_worker(args.test, args.url, args.n, args.path)))
 
 
 def run_kv_driver(args: argparse.Namespace) -> int:
@@ -1452,29 +1459,11 @@ def run_kv_driver(args: argparse.Namespace) -> int:
                 order = clients[rnd % len(clients) :] + clients[: rnd % len(clients)]
                 for test in tests:
                     for c in order:
-                        cmd = [
-                            sys.executable,
-                            os.path.abspath(__file__),
-                            "--role",
-                            "kv-worker",
-                            "--client",
-                            c,
-                            "--test",
-                            test,
-                            "--url",
-                            server.url,
-                            "--n",
-                            str(counts[test]),
-                            "--path",
-                            path,
-                        ]
                         t0 = time.monotonic()
-                        try:
-                            cp = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                            lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-                            res = json.loads(lines[-1]) if lines else {"ok": False, "error": cp.stderr[-300:]}
-                        except subprocess.TimeoutExpired:
-                            res = {"ok": False, "error": f"timeout {args.timeout:g} s"}
+                        extra = ("--path", path)
+                        res = run_worker_process(
+                            "kv-worker", c, test, server.url, counts[test], extra, args.timeout
+                        )
                         results[test][c].append(res)
                         if res.get("ok"):
                             shown = f"{res['rate']:,.1f} {'MB/s' if test.startswith('obj') else 'ops/s'}"
@@ -1495,32 +1484,15 @@ def run_kv_driver(args: argparse.Namespace) -> int:
     finally:
         os.unlink(path)
         os.rmdir(tmp)
-    lines = [
+    lines, misses = ratio_table(
         "## Key-Value and Object Store benchmark",
-        "",
-        "command: " + " ".join(shlex.quote(a) for a in ["python", os.path.relpath(__file__), *sys.argv[1:]]),
         f"memory-stored buckets, 16 B values, {args.rounds} rounds, clients interleaved; "
         f"wall time {time.monotonic() - started:.0f} s",
-        "",
-        "| metric | telestion_sync | nats-py | ratio per round | median ratio | target | result |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    misses = 0
-    for m in KV_METRICS:
-        if m.test not in tests:
-            continue
-        a = values(results, m.test, "telestion_sync", m.key)
-        b = values(results, m.test, "nats-py", m.key)
-        per = [x / y if x and y else None for x, y in zip(a, b)]
-        med = median(per)
-        ok = med is not None and m.passes(med)
-        misses += not ok
-        fmt = (lambda v: "error" if v is None else f"{v:,.1f}") if m.test.startswith("obj") else fmt_num
-        lines.append(
-            f"| {m.label} | {fmt(median(a))} | {fmt(median(b))} | "
-            + ", ".join(fmt_ratio(r) for r in per)
-            + f" | {fmt_ratio(med)} | {m.target_text()} | {'PASS' if ok else 'FAIL'} |"
-        )
+        KV_METRICS,
+        results,
+        tests,
+        lambda m, v: ("error" if v is None else f"{v:,.1f}") if m.test.startswith("obj") else fmt_num(v),
+    )
     for test in ("obj_put", "obj_get"):
         if test in tests:
             a = values(results, test, "telestion_sync", "rss_growth_mb")
