@@ -532,24 +532,16 @@ class MessageBus(Handler):
         """Send what is buffered and wait until the server has processed it (PING/PONG)."""
         check_timeout("timeout", timeout)
         self._check_open()
-        blocked = self._dispatcher.block()  # from a callback: other callbacks go on meanwhile
-        try:
+        with self._dispatcher.blocking():  # from a callback: other callbacks go on meanwhile
             self._conn.ping(timeout)
-        finally:
-            if blocked:
-                self._dispatcher.unblock()
 
     def _wait(self, lock: threading.Lock, deadline: float) -> bool:
         """Acquire ``lock`` by ``deadline``; on a delivery thread, other callbacks go on
         meanwhile (so callbacks that request from responders on this bus never deadlock)."""
         if lock.acquire(False):
             return True
-        blocked = self._dispatcher.block()
-        try:
+        with self._dispatcher.blocking():
             return lock.acquire(True, max(0.0, deadline - time.monotonic()))
-        finally:
-            if blocked:
-                self._dispatcher.unblock()
 
     def rtt(self, timeout: float = DEFAULT_TIMEOUT) -> float:
         """The round-trip time to the server in seconds."""

@@ -22,12 +22,13 @@ The pool sizes itself:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections import deque
-from typing import Deque, List, Optional, Protocol
+from typing import Deque, Iterator, List, Optional, Protocol
 
 log = logging.getLogger("telestion_sync.dispatch")
 
@@ -167,24 +168,23 @@ class Dispatcher:
 
     # --- blocking calls on worker threads --------------------------------------------------
 
-    def block(self) -> bool:
-        """A thread enters a blocking call of the bus. On a worker, another worker takes over
-        the queued work at once; returns True then, and :meth:`unblock` must follow."""
+    @contextlib.contextmanager
+    def blocking(self) -> Iterator[None]:
+        """Around a blocking call of the bus: on a delivery thread, another worker takes over
+        the queued work at once (so callbacks that wait for other callbacks, e.g. requests to
+        ``reply()`` handlers on the same bus, never deadlock); elsewhere it does nothing."""
         if not getattr(self._local, "worker", False):
-            return False
+            yield
+            return
         with self._lock:
             self._blocked += 1
             if self._runq and not self._idle:
                 self._spawn()
-        return True
-
-    def unblock(self) -> None:
-        with self._lock:
-            self._blocked -= 1
-
-    def is_worker(self) -> bool:
-        """True on one of this dispatcher's delivery threads."""
-        return bool(getattr(self._local, "worker", False))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._blocked -= 1
 
     # --- figures and ending ----------------------------------------------------------------
 

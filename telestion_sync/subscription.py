@@ -9,6 +9,7 @@ iteration, by any number of threads.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
@@ -292,8 +293,8 @@ class Subscription(MessageContext):
         deadline = None if timeout is None else time.monotonic() + timeout
         cond = self._get_cond()
         pool = self._dispatcher
-        blocked = pool is not None and pool.block()  # a callback pulling: others take over
-        with cond:
+        # A callback pulling from another subscription: other callbacks go on meanwhile.
+        with pool.blocking() if pool is not None else contextlib.nullcontext(), cond:
             self._waiters += 1  # before looking at the queue: the reader then wakes us
             try:
                 while True:
@@ -312,8 +313,6 @@ class Subscription(MessageContext):
                         cond.wait(left)
             finally:
                 self._waiters -= 1
-                if blocked:
-                    pool.unblock()  # type: ignore[union-attr]
 
     def _take(self, msg: Message) -> bool:
         """Account for a popped message; decode it first when that can fail. False when it

@@ -648,16 +648,10 @@ class MessagesIterator:
         return self
 
     def __next__(self) -> JetStreamMessage:
-        while True:
-            m = self._pump.poll(None)
-            if m is not None:
-                return m
-            if self._pump.error is not None:
-                self._pump.stop()
-                raise self._pump.error
-            if self._pump.done:
-                self._pump.stop()
-                raise StopIteration
+        try:
+            return self.next(None)
+        except SubscriptionClosedError:  # stopped, or the bus closed: the iteration ends
+            raise StopIteration from None
 
     def next(self, timeout: Optional[float] = None) -> JetStreamMessage:
         """The next message; ``ts.TimeoutError`` after ``timeout`` seconds, and

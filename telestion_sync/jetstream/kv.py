@@ -80,25 +80,26 @@ def _key_shape(key: str) -> Optional[str]:
 
 def check_key(key: Any) -> str:
     """A key: letters, digits and ``-/_=.``, no empty token (nats.go's rule)."""
-    if not isinstance(key, str):
-        raise InvalidKeyError(f"invalid key {key!r}: a key is a str, not {type(key).__name__}")
-    problem = _key_shape(key)
-    if problem is None and not _KEY_RE.match(key):
-        problem = "may contain only letters, digits and '-', '/', '_', '=', '.'"
-    if problem:
-        raise InvalidKeyError(f"invalid key {key!r}: a key {problem}")
-    return key
+    return _check(key, "key", _KEY_RE, "letters, digits and '-', '/', '_', '=', '.'")
 
 
 def check_filter(key: Any) -> str:
     """A watch or keys filter: a key, where tokens may be ``*`` and the last ``>``."""
+    return _check(
+        key, "key filter", _FILTER_RE, "letters, digits, '-', '/', '_', '=', '.', '*' and a final '>'"
+    )
+
+
+def _check(key: Any, what: str, allowed: Any, chars: str) -> str:
+    """``key`` when it is a str of ``allowed`` shape, else :class:`InvalidKeyError` naming it."""
+    noun = what.split()[-1]  # "key" or "filter"
     if not isinstance(key, str):
-        raise InvalidKeyError(f"invalid key filter {key!r}: a filter is a str, not {type(key).__name__}")
+        raise InvalidKeyError(f"invalid {what} {key!r}: a {noun} is a str, not {type(key).__name__}")
     problem = _key_shape(key)
-    if problem is None and not _FILTER_RE.match(key):
-        problem = "may contain only letters, digits, '-', '/', '_', '=', '.', '*' and a final '>'"
+    if problem is None and not allowed.match(key):
+        problem = f"may contain only {chars}"
     if problem:
-        raise InvalidKeyError(f"invalid key filter {key!r}: a filter {problem}")
+        raise InvalidKeyError(f"invalid {what} {key!r}: a {noun} {problem}")
     return key
 
 
