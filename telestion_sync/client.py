@@ -452,6 +452,7 @@ class MessageBus(Handler):
         reply: Optional[str] = None,
         headers: Optional[Mapping[str, Any]] = None,
         codec: _codecs.CodecSpec = None,
+        immediate: bool = False,
     ) -> None:
         """Send ``data`` on ``subject``.
 
@@ -459,8 +460,14 @@ class MessageBus(Handler):
         ``default_codec``, JSON). CBOR adds ``Content-Type: application/cbor``. Raises
         :class:`BadSubjectError`, :class:`MaxPayloadError`, or ``TypeError``/``ValueError`` from
         the codec, before anything is sent.
+
+        Publishes are batched by the writer thread; ``immediate=True`` sends from the calling
+        thread at once (never waiting behind another send), for a message whose answer is
+        awaited, such as a JetStream pull request: the writer may wait for the GIL.
         """
-        if reply is None and headers is None and codec is None and type(data) is bytes:
+        if immediate is not False and immediate is not True:
+            raise TypeError(f"immediate must be True or False, got {immediate!r}")
+        if reply is None and headers is None and codec is None and type(data) is bytes and not immediate:
             # The hot path: a cached subject and raw bytes, written straight into the buffer.
             sb = self._pub_hot.get(subject)
             n = len(data)
@@ -470,7 +477,7 @@ class MessageBus(Handler):
         if headers is not None or codec is not None:
             check_publish(None, headers, codec)  # off the fast path, which takes none of these
         rb = None if reply is None else check_subject("reply", reply, wildcards=False)
-        self._publish(subject, data, rb, headers, codec, False)
+        self._publish(subject, data, rb, headers, codec, immediate)
 
     def _publish(
         self,

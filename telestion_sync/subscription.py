@@ -357,6 +357,29 @@ class Subscription(MessageContext):
             if self._take(msg):
                 return msg
 
+    def next_msgs(self, max_msgs: int = 256, timeout: Optional[float] = 1.0) -> List[Message]:
+        """Up to ``max_msgs`` messages at once: waits like ``next_msg`` for the first (and
+        raises as it does), then takes whatever else is queued without waiting.
+
+        For reading a fast stream: one call and one check per batch instead of per message.
+        """
+        check_max_msgs("max_msgs", max_msgs, none=False)
+        out = [self.next_msg(timeout)]
+        q = self._queue
+        plain = not self._eager and self._max is None
+        while len(out) < max_msgs and not self._stopped:
+            try:
+                msg = q.popleft()
+            except IndexError:
+                break
+            if plain and msg._hraw is None and msg._hdict is None:
+                self._delivered += 1
+                self._bytes_out += len(msg.payload)
+                out.append(msg)
+            elif self._take(msg):
+                out.append(msg)
+        return out
+
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscription ends (unsubscribe, drain, limit) or the bus
         closes; a failure such as a denied subscription is raised."""

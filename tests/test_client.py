@@ -139,6 +139,26 @@ def test_pull_subscription_timeout_and_iteration(bus: ts.MessageBus) -> None:
     assert not sub.is_valid
 
 
+def test_next_msgs_takes_what_is_queued_in_order(bus: ts.MessageBus, errors: Any) -> None:
+    sub = bus.subscribe("batch.*", codec="json")
+    with pytest.raises(ts.TimeoutError):
+        sub.next_msgs(10, timeout=0.05)
+    for i in range(25):
+        bus.publish("batch.x", i)
+    bus.publish("batch.bad", b"{not json")  # skipped and reported, as next_msg does
+    bus.publish("batch.x", 25, immediate=True)
+    bus.flush()
+    first = sub.next_msgs(10, timeout=5)
+    assert [m.data for m in first] == list(range(10))
+    rest = sub.next_msgs(100, timeout=5)
+    assert [m.data for m in rest] == list(range(10, 26))
+    assert sub.delivered == 27 and sub.pending == 0  # the skipped one was taken too, as next_msg counts it
+    assert isinstance(errors.wait(ts.DecodeError), ts.DecodeError)
+    sub.unsubscribe()
+    with pytest.raises(ts.SubscriptionClosedError):
+        sub.next_msgs(10, timeout=1)
+
+
 def test_unsubscribe_stops_delivery(bus: ts.MessageBus) -> None:
     sub = bus.subscribe("u")
     bus.flush()

@@ -442,6 +442,12 @@ METHOD_RULES: List[Tuple[str, Call, type, str]] = [
         "reply: subject must be a str",
     ),
     (
+        "publish immediate str",
+        lambda b, s: b.publish("x", immediate="yes"),
+        TypeError,
+        "immediate must be True or False, got 'yes'",
+    ),
+    (
         "publish headers list",
         lambda b, s: b.publish("x", headers=[("k", "v")]),
         TypeError,
@@ -581,6 +587,14 @@ METHOD_RULES: List[Tuple[str, Call, type, str]] = [
         "timeout must be a number of seconds or None",
     ),
     ("next_msg timeout nan", lambda b, s: s.next_msg(math.nan), ValueError, "timeout must be a finite"),
+    ("next_msgs max 0", lambda b, s: s.next_msgs(0), ValueError, "max_msgs must be at least 1, not 0"),
+    ("next_msgs max str", lambda b, s: s.next_msgs("5"), TypeError, "max_msgs must be an int"),
+    (
+        "next_msgs timeout <0",
+        lambda b, s: s.next_msgs(5, -1),
+        ValueError,
+        "timeout must be a finite number of seconds >= 0",
+    ),
     (
         "auto_unsubscribe 0",
         lambda b, s: s.auto_unsubscribe(0),

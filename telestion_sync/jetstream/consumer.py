@@ -16,7 +16,8 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Deque, Iterator, List, Optional, Tuple
 
 from ..connection import State
 from ..errors import ConnectionClosedError, Error, TimeoutError
@@ -46,6 +47,7 @@ PENDING_BYTES = "Nats-Pending-Bytes"
 FETCH_HEARTBEAT = 5.0  # nats.go: fetches of 10 s or more ask for heartbeats every 5 s
 POLL_INTERVAL = 0.25  # how soon a pump notices a reconnect, a stop or a heartbeat deadline
 _POOL_SIZE = 16
+_BATCH = 256  # messages a pump takes from its subscription at once
 
 ErrorHandler = Callable[[BaseException], Any]
 
@@ -361,6 +363,8 @@ class _Pump:
         self.error: Optional[BaseException] = None
         self._lock = threading.Lock()
         self.sub = self.bus.subscribe(self.bus.new_inbox())
+        self._buf: Deque[Message] = deque()  # taken from the subscription, not yet sorted
+        self._ready: Deque[JetStreamMessage] = deque()  # sorted, counted: to hand out
         self._remove_listener = self.bus.add_status_listener(self._on_status)
 
     def report(self, err: BaseException) -> None:
@@ -386,6 +390,8 @@ class _Pump:
         """No more pulls and no more messages; what is buffered is dropped."""
         self.stopped = True
         self.done = True
+        self._buf.clear()
+        self._ready.clear()
         self._remove_listener()
         if self.sub.is_valid or self.sub.pending:
             try:
@@ -420,7 +426,11 @@ class _Pump:
         body["expires"] = to_nanos(self.expires)
         body["idle_heartbeat"] = to_nanos(self.heartbeat)
         try:
-            self.bus.publish(self.puller._next_subject(), json.dumps(body).encode(), reply=self.sub.subject)
+            # Sent at once: with the writer thread waiting for the GIL behind a busy consumer,
+            # a buffered pull request would leave the pipeline empty for milliseconds.
+            self.bus.publish(
+                self.puller._next_subject(), json.dumps(body).encode(), reply=self.sub.subject, immediate=True
+            )
         except ConnectionClosedError:
             self.done = True
             return
@@ -443,6 +453,12 @@ class _Pump:
 
     def poll(self, timeout: Optional[float]) -> Optional[JetStreamMessage]:
         """The next message, or None after ``timeout`` or once ``done``."""
+        ready = self._ready
+        if ready and not self.done:
+            try:
+                return ready.popleft()  # sorted and counted already: no lock, no clock
+            except IndexError:  # another thread took the last one
+                pass
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._lock.acquire(True, -1 if timeout is None else timeout):
             return None
@@ -474,63 +490,90 @@ class _Pump:
 
     def _poll(self, deadline: Optional[float]) -> Optional[JetStreamMessage]:
         sub = self.sub
+        buf = self._buf
+        ready = self._ready
         half = self.max_messages // 2
         while True:
-            if self.done and not (self.draining and sub.pending):
-                return None
+            if self.done:
+                # After a failure (consumer deleted) or in a drain, what arrived before it is
+                # still handed out; after stop() or a close nothing is.
+                if ready and (self.draining or self.error is not None):
+                    return ready.popleft()
+                if not (self.draining and (buf or sub.pending)):
+                    return None
             if not self.stopped and (
                 self.reconnected or self.need_reset or self.max_bytes or self.pending_msgs <= half
             ):
                 self._housekeeping(time.monotonic(), deadline)
-            if sub.pending:
-                wait = 0.0  # the fast path: no clock, no heartbeat check while messages flow
-            else:
-                now = time.monotonic()
-                if self._fresh:  # messages were handed out since the last wait
-                    self._fresh = False
-                    self.last_activity = now
-                if not self.stopped and not self.paused and now - self.last_activity > 2 * self.heartbeat:
-                    self.report(
-                        NoHeartbeatError(
-                            f"no message or heartbeat from {self.puller.stream} for "
-                            f"{now - self.last_activity:.1f} s; pulling again",
-                            408,
-                        )
+            if ready:
+                return ready.popleft()
+            if buf:
+                self._sort()
+                continue
+            now = time.monotonic()
+            if self._fresh:  # messages were handed out since the last wait
+                self._fresh = False
+                self.last_activity = now
+            if not self.stopped and not self.paused and now - self.last_activity > 2 * self.heartbeat:
+                self.report(
+                    NoHeartbeatError(
+                        f"no message or heartbeat from {self.puller.stream} for "
+                        f"{now - self.last_activity:.1f} s; pulling again",
+                        408,
                     )
-                    self._start_over(now)
-                    continue
-                wait = POLL_INTERVAL if deadline is None else min(deadline - now, POLL_INTERVAL)
+                )
+                self._start_over(now)
+                continue
+            wait = POLL_INTERVAL if deadline is None else min(deadline - now, POLL_INTERVAL)
             try:
-                m = sub.next_msg(max(wait, 0.0))
+                # In batches: one wait and one check per batch, not per message.
+                buf.extend(sub.next_msgs(_BATCH, max(wait, 0.0)))
             except TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
-                continue
             except (ConnectionClosedError, SubscriptionClosedError):  # bus closed, or stop()
                 self.done = True
                 return None
-            status = m.status
-            if status is None:
+
+    def _sort(self) -> None:
+        """Turn what was taken from the subscription into messages to hand out, in order:
+        count them against what was pulled, check an ordered consumer's sequence, act on
+        status messages. Stops early when an ordered consumer must start over (the rest
+        waits for the new consumer, which drops it by name) or after a failure."""
+        buf = self._buf
+        ready = self._ready
+        bus = self.bus
+        puller = self.puller
+        ordered = puller.ordered
+        check = puller._check
+        accepted = False
+        while buf:
+            m = buf.popleft()
+            if m.status is None:
                 self._fresh = True
                 if self.pending_msgs > 0:
                     self.pending_msgs -= 1
                 if self.max_bytes:
                     self.pending_bytes = max(0, self.pending_bytes - _msg_size(m))
-                jm = JetStreamMessage(m, self.bus)
-                if not self.puller.ordered:
-                    return jm
-                verdict = self.puller._check(jm)
+                jm = JetStreamMessage(m, bus)
+                if not ordered:
+                    ready.append(jm)
+                    continue
+                verdict = check(jm)
                 if verdict == ACCEPT:
-                    self.backoff = 0.25
-                    return jm
-                if verdict == RESET:
+                    accepted = True
+                    ready.append(jm)
+                elif verdict == RESET:
                     self._start_over(time.monotonic())
+                    break
                 continue
             now = time.monotonic()
             self.last_activity = now
             self._on_status_msg(m, now)
-            if self.error is not None:
-                return None
+            if self.error is not None or self.need_reset:
+                break
+        if accepted:
+            self.backoff = 0.25
 
     def _on_status_msg(self, m: Message, now: float) -> None:
         status, desc, h = m.status, m.description, m.headers
@@ -648,6 +691,9 @@ class MessagesIterator:
         return self
 
     def __next__(self) -> JetStreamMessage:
+        m = self._pump.poll(None)  # the common case first: a message without waiting
+        if m is not None:
+            return m
         try:
             return self.next(None)
         except SubscriptionClosedError:  # stopped, or the bus closed: the iteration ends

@@ -53,6 +53,8 @@ class OrderedConsumer(_Puller):
         self.name = ""
         self._subject = ""
         self._expected = 1  # the next consumer sequence of the current consumer
+        self._ack_prefix = "$JS.ACK.-"  # what the current consumer's ack subjects begin with
+        self._ack_prefix_len = len(self._ack_prefix)
         self.last_stream_seq = 0  # the stream sequence last handed out
         self._initial_pending = -1
         self._pool = js._inbox_pool
@@ -73,10 +75,20 @@ class OrderedConsumer(_Puller):
         return max(self._initial_pending, 0)
 
     def _check(self, msg: JetStreamMessage) -> int:
-        seqs = ack_sequences(msg.msg.reply)
-        if seqs is None or seqs[0] != self.name:
-            return DROP  # from a consumer abandoned by a reset
-        _, sseq, cseq = seqs
+        reply = msg.msg.reply
+        if reply is not None and reply.startswith(self._ack_prefix):
+            # The common form, $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>...: the
+            # prefix names the current consumer, so only the two sequences are parsed.
+            t = reply[self._ack_prefix_len :].split(".", 3)
+            try:
+                sseq, cseq = int(t[1]), int(t[2])
+            except (ValueError, IndexError):
+                return DROP
+        else:
+            seqs = ack_sequences(reply)
+            if seqs is None or seqs[0] != self.name:
+                return DROP  # from a consumer abandoned by a reset
+            _, sseq, cseq = seqs
         if cseq != self._expected:
             log.debug(
                 "ordered consumer %s: consumer seq %d, expected %d: reset", self.name, cseq, self._expected
@@ -128,6 +140,8 @@ class OrderedConsumer(_Puller):
             self.resets += 1
         self.name = cfg.name or ""
         self._subject = f"{self.js.api_prefix}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
+        self._ack_prefix = f"$JS.ACK.{self.stream}.{self.name}."
+        self._ack_prefix_len = len(self._ack_prefix)
         self._expected = 1
         if old:
             self._delete_quietly(old)
