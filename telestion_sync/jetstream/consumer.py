@@ -508,7 +508,7 @@ class _Pump:
             if ready:
                 return ready.popleft()
             if buf:
-                self._sort()
+                self._sort(list(buf))
                 continue
             now = time.monotonic()
             if self._fresh:  # messages were handed out since the last wait
@@ -527,7 +527,7 @@ class _Pump:
             wait = POLL_INTERVAL if deadline is None else min(deadline - now, POLL_INTERVAL)
             try:
                 # In batches: one wait and one check per batch, not per message.
-                buf.extend(sub.next_msgs(_BATCH, max(wait, 0.0)))
+                self._sort(sub.next_msgs(_BATCH, max(wait, 0.0)))
             except TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
@@ -535,25 +535,27 @@ class _Pump:
                 self.done = True
                 return None
 
-    def _sort(self) -> None:
-        """Turn what was taken from the subscription into messages to hand out, in order:
+    def _sort(self, msgs: List[Message]) -> None:
+        """Turn messages taken from the subscription into messages to hand out, in order:
         count them against what was pulled, check an ordered consumer's sequence, act on
         status messages. Stops early when an ordered consumer must start over (the rest
-        waits for the new consumer, which drops it by name) or after a failure."""
+        waits in ``_buf`` for the new consumer, which drops it by name) or after a failure."""
         buf = self._buf
+        buf.clear()  # msgs is either new from the subscription or what was left here
         ready = self._ready
         bus = self.bus
         puller = self.puller
         ordered = puller.ordered
         check = puller._check
+        by_bytes = self.max_bytes
+        taken = 0  # data messages, counted against pending_msgs in one step
         accepted = False
-        while buf:
-            m = buf.popleft()
+        i = 0
+        for m in msgs:
+            i += 1
             if m.status is None:
-                self._fresh = True
-                if self.pending_msgs > 0:
-                    self.pending_msgs -= 1
-                if self.max_bytes:
+                taken += 1
+                if by_bytes:
                     self.pending_bytes = max(0, self.pending_bytes - _msg_size(m))
                 jm = JetStreamMessage(m, bus)
                 if not ordered:
@@ -564,16 +566,29 @@ class _Pump:
                     accepted = True
                     ready.append(jm)
                 elif verdict == RESET:
+                    self._count(taken)
+                    taken = 0
                     self._start_over(time.monotonic())
+                    buf.extend(msgs[i:])
                     break
                 continue
+            self._count(taken)
+            taken = 0
             now = time.monotonic()
             self.last_activity = now
             self._on_status_msg(m, now)
             if self.error is not None or self.need_reset:
+                buf.extend(msgs[i:])
                 break
+        self._count(taken)
         if accepted:
             self.backoff = 0.25
+
+    def _count(self, taken: int) -> None:
+        """``taken`` data messages arrived: that much less is still pulled."""
+        if taken:
+            self._fresh = True
+            self.pending_msgs = max(0, self.pending_msgs - taken)
 
     def _on_status_msg(self, m: Message, now: float) -> None:
         status, desc, h = m.status, m.description, m.headers
