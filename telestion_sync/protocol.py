@@ -12,6 +12,7 @@ client's frames. Reference: the NATS client protocol ("INFO", "CONNECT", "PUB", 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import (
@@ -370,6 +371,9 @@ class ClientProtocol:
 # --- subjects -------------------------------------------------------------------------------
 
 _WHITESPACE = (" ", "\t", "\r", "\n", "\f", "\v")
+# Dot-separated tokens with no whitespace, '*' or '>' at all: valid for publish and subscribe
+# alike, told in one regex match (the token-by-token check below is for the rest).
+_PLAIN_SUBJECT = re.compile(r"[^ \t\r\n\f\v.*>]+(?:\.[^ \t\r\n\f\v.*>]+)*")
 
 
 def validate_subject(subject: str, *, wildcards: bool) -> bytes:
@@ -379,6 +383,8 @@ def validate_subject(subject: str, *, wildcards: bool) -> bytes:
     subscriptions) ``*`` may stand for a token and ``>`` for the rest as the last token; without
     (publish and reply subjects) neither may appear as a token.
     """
+    if type(subject) is str and _PLAIN_SUBJECT.fullmatch(subject) is not None:
+        return subject.encode("utf-8", "surrogateescape")
     if not isinstance(subject, str):
         raise BadSubjectError(f"subject must be a str, not {type(subject).__name__}: {subject!r}")
     if not subject:

@@ -697,3 +697,32 @@ def test_publish_async_plain_acks_resolve_in_order(js: ts.JetStream, stream: str
     js.publish_async_complete(timeout=10)
     acks = [f.result(0) for f in futs]
     assert acks == [ts.PubAck(stream, i) for i in range(1, 501)]
+
+
+def test_publish_async_futures_behave_as_futures(js: ts.JetStream, stream: str) -> None:
+    """The lean futures (their condition made on first need) wake waiters, run callbacks
+    added before and after the ack, and work with concurrent.futures.wait/as_completed."""
+    sink = js.bus.subscribe("void3.>")  # swallows publishes: their acks never come
+    waited = js.publish_async("void3.x", b"x", timeout=1.0)
+    got: List[BaseException] = []
+    waiter = threading.Thread(target=lambda: got.append(waited.exception(timeout=10)))  # type: ignore[arg-type]
+    waiter.start()
+    join_all([waiter], 15, "the waiter on an unacknowledged future")
+    assert isinstance(got[0], ts.TimeoutError)  # the sweeper failed it and woke the waiter
+
+    calls: List[concurrent.futures.Future] = []  # type: ignore[type-arg]
+    before = js.publish_async("t.a", b"1")
+    before.add_done_callback(calls.append)
+    futs = [before] + [js.publish_async("t.a", b"%d" % i) for i in range(2, 300)]
+    done, not_done = concurrent.futures.wait(futs, timeout=10)
+    assert len(done) == 299 and not not_done
+    assert calls == [before]
+    after: List[concurrent.futures.Future] = []  # type: ignore[type-arg]
+    before.add_done_callback(after.append)  # already done: called at once
+    assert after == [before]
+    assert sorted(f.result().seq for f in concurrent.futures.as_completed(futs, timeout=5)) == list(range(1, 300))
+    cancelled = js.publish_async("void3.y", b"x", timeout=0.3)
+    assert cancelled.cancel() and cancelled.cancelled()
+    js.publish_async_complete(5)  # its ack timeout is ignored: it stays cancelled
+    assert cancelled.cancelled()
+    sink.unsubscribe()
