@@ -234,6 +234,7 @@ class MessageBus(Handler):
         retry_on_failed_connect: bool = False,
         ignore_auth_error_abort: bool = False,
         ws_compression: bool = True,
+        http_probe: bool = True,
     ) -> None:
         # Every option checked first, so a bad one fails before anything is opened (ConfigError).
         options = self._options = ConnectOptions.from_locals(locals())
@@ -280,6 +281,7 @@ class MessageBus(Handler):
             retry_on_failed_connect=retry_on_failed_connect,
             ignore_auth_error_abort=ignore_auth_error_abort,
             ws_compression=ws_compression,
+            http_probe=http_probe,
         )
         self.name = name
         self._subs = SubscriptionTable()

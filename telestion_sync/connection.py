@@ -77,6 +77,18 @@ DEFAULT_RECONNECT_JITTER = 0.1  # nats.go's default
 DEFAULT_RECONNECT_BUF_SIZE = 8 * 1024 * 1024  # nats.go's default
 _READ_SIZE = 64 * 1024
 _MAX_READ_SIZE = 4 * 1024 * 1024
+#: A NATS server sends INFO as soon as it accepts; a WebSocket port is HTTP and waits for a
+#: request. After this long without a byte (or four times the TCP connect's round trip, if
+#: longer; at most a quarter of ``connect_timeout``), a plain nats:// connection sends an HTTP
+#: request (``http_probe``), so a WebSocket port fails at once instead of after the timeout.
+HTTP_PROBE_DELAY = 0.25
+_HTTP_PROBE_RTTS = 4
+
+
+class _ProbeMissed(Exception):
+    """The HTTP probe was answered, but not with HTTP (an INFO, -ERR, a closed connection...):
+    the peer may be a slow NATS server the probe spoiled, so the attempt is made again without
+    one. Never leaves :meth:`Connection._handshake`."""
 
 
 class Handler:
@@ -188,9 +200,11 @@ class Connection:
         retry_on_failed_connect: bool = False,
         ignore_auth_error_abort: bool = False,
         ws_compression: bool = True,
+        http_probe: bool = True,
     ) -> None:
         self._handler = handler
         self._ws_compression = ws_compression
+        self._http_probe = http_probe
         self._name = name
         self._credentials = credentials or Credentials()
         self._tls = tls
@@ -295,7 +309,7 @@ class Connection:
         last: Optional[BaseException] = None
         for srv in self._pool:
             try:
-                sock, proto = self._handshake(srv.addr, self._tls_name(srv))
+                sock, proto = self._handshake(srv)
             except (AuthenticationError, TLSError, ConfigError):
                 raise  # wrong configuration: no other server will fix it
             except (OSError, TimeoutError, ProtocolError, Error) as exc:
@@ -319,10 +333,26 @@ class Connection:
             return
         raise error
 
-    def _handshake(self, addr: ServerAddr, tls_name: str) -> Any:
-        """Open a transport to ``addr`` and run the NATS handshake on it (the steps are the
-        Sans-I/O :class:`ClientProtocol`'s); returns the transport and the protocol, open."""
-        deadline = time.monotonic() + self.connect_timeout
+    def _handshake(self, srv: Server) -> Any:
+        """Connect to ``srv`` and run the NATS handshake (the steps are the Sans-I/O
+        :class:`ClientProtocol`'s); returns the transport and the protocol, open.
+
+        A plain TCP server not yet known to speak NATS may get the HTTP probe; when the probe
+        meets anything but an HTTP answer, the attempt is made once more without it, with a
+        ``connect_timeout`` of its own, so a slow NATS server still connects."""
+        try:
+            return self._attempt(srv, self._http_probe and not srv.speaks_nats)
+        except _ProbeMissed as exc:
+            log.info("%s; connecting again without the HTTP probe", exc)
+        if self.closed:
+            raise ConnectionClosedError("the connection was closed while connecting")
+        return self._attempt(srv, False)
+
+    def _attempt(self, srv: Server, probe: bool) -> Any:
+        """One connection to ``srv`` and the handshake on it (see :meth:`_handshake`)."""
+        addr = srv.addr
+        started = time.monotonic()
+        deadline = started + self.connect_timeout
         sock: Any = open_tcp(addr.host, addr.port, deadline)
         self._connecting_sock = sock
         try:
@@ -331,7 +361,7 @@ class Connection:
             if ctx is None and addr.scheme in ("tls", "wss"):
                 ctx = ssl.create_default_context()
             if ctx is not None and (self._tls_handshake_first or ws):
-                sock = start_tls(sock, ctx, addr.url, tls_name, deadline)
+                sock = start_tls(sock, ctx, addr.url, self._tls_name(srv), deadline)
             if ws:  # TLS (wss://) below the WebSocket, NATS inside it
                 sock = start_websocket(sock, addr, ctx is not None, self._ws_compression, deadline)
             proto = ClientProtocol(
@@ -340,15 +370,29 @@ class Connection:
                 max_outstanding_pings=self.max_outstanding_pings,
                 now=time.monotonic(),
             )
+            probe_at = None
+            if probe and ctx is None and not ws:  # plain TCP only: never a probe beside TLS
+                now = time.monotonic()
+                delay = max(HTTP_PROBE_DELAY, _HTTP_PROBE_RTTS * (now - started))
+                probe_at = now + min(delay, self.connect_timeout / 4)
             try:
-                self._read_until(sock, proto, deadline, GOT_INFO)
+                self._read_until(sock, proto, deadline, GOT_INFO, probe_at, addr)
             except socket.timeout:
                 hint = "" if ctx is not None else " (if it expects TLS first, pass tls_handshake_first=True)"
-                if not ws:
-                    hint += "; a WebSocket port answers nothing here: use a ws:// URL for it"
+                if proto.probed:
+                    hint += "; nor did it answer an HTTP request, as a WebSocket port would"
+                elif not ws:
+                    hint += "; a WebSocket port answers nothing here: use a ws:// or wss:// URL for it"
                 raise TimeoutError(
                     f"server {addr.url} sent no INFO within {self.connect_timeout} s{hint}"
                 ) from None
+            except WebSocketError:
+                raise  # the probe was answered with HTTP: a WebSocket port
+            except (OSError, Error) as exc:
+                if proto.probed and not self.closed:
+                    raise _ProbeMissed(f"the HTTP probe to {addr.url} got no HTTP answer ({exc})") from exc
+                raise
+            srv.speaks_nats = True
             info = proto.info
             if ws:  # the INFO's TLS fields describe the WebSocket listener's TLS, done above
                 sock.max_message_size = proto.max_payload
@@ -360,7 +404,7 @@ class Connection:
             elif ctx is not None and not self._tls_handshake_first:
                 if not (info.get("tls_required") or info.get("tls_available")):
                     raise TLSError(f"TLS was asked for, but server {addr.url} does not offer TLS")
-                sock = start_tls(sock, ctx, addr.url, tls_name, deadline)
+                sock = start_tls(sock, ctx, addr.url, self._tls_name(srv), deadline)
             fields = self._connect_options(addr, ctx is not None, info.get("nonce"))
             sock.sendall(proto.connect_frame(fields))
             self._read_until(sock, proto, deadline, OPEN)
@@ -408,19 +452,43 @@ class Connection:
         options.update(self._credentials.connect_fields(addr.user, addr.password, addr.token, nonce))
         return options
 
-    def _read_until(self, sock: Any, proto: ClientProtocol, deadline: float, state: str) -> None:
-        """Read until the handshake reaches ``state``, answering the server on the way."""
+    def _read_until(
+        self,
+        sock: Any,
+        proto: ClientProtocol,
+        deadline: float,
+        state: str,
+        probe_at: Optional[float] = None,
+        addr: Optional[ServerAddr] = None,
+    ) -> None:
+        """Read until the handshake reaches ``state``, answering the server on the way; if not
+        a byte has come by ``probe_at``, send ``addr`` the HTTP probe first."""
         while proto.state != state:
             out = proto.data_to_send()
             if out:
                 sock.sendall(out)
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0 or self.closed:
                 raise socket.timeout()
+            if probe_at is not None and addr is not None:
+                if now >= probe_at:
+                    log.debug("%s has said nothing since the connect: sending the HTTP probe", addr.url)
+                    host = f"[{addr.host}]" if ":" in addr.host else addr.host
+                    sock.sendall(proto.http_probe(f"{host}:{addr.port}"))
+                    probe_at = None
+                else:
+                    left = min(left, probe_at - now)
             sock.settimeout(left)
-            data = sock.recv(_READ_SIZE)
+            try:
+                data = sock.recv(_READ_SIZE)
+            except socket.timeout:
+                if probe_at is not None:
+                    continue  # time for the probe (or for the deadline check)
+                raise
             if not data:
                 raise ConnectionResetError("server closed the connection during the handshake")
+            probe_at = None  # the server spoke: whatever it is, it is not a silent HTTP port
             proto.receive_handshake(data)
 
     def _start(self, srv: Server, sock: Any, proto: ClientProtocol) -> None:
@@ -892,7 +960,7 @@ class Connection:
             srv.attempts += 1
             srv.last_attempt = time.monotonic()
             try:
-                sock, proto = self._handshake(srv.addr, self._tls_name(srv))
+                sock, proto = self._handshake(srv)
             except AuthenticationError as exc:
                 last = exc
                 self._handler._on_server_error(exc)

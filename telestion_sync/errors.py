@@ -141,8 +141,9 @@ class TLSError(Error):
 class WebSocketError(Error):
     """A ``ws://``/``wss://`` server did not open the WebSocket: it refused the HTTP upgrade
     (``status`` is the HTTP status, e.g. 401, 403, 404), or the port is not a WebSocket port
-    (the message says which). ``retryable`` is False for errors another try will not fix
-    (a wrong port, a 4xx status): those fail ``connect()`` at once."""
+    (the message says which); or a ``nats://`` URL reached a WebSocket (HTTP) port, which
+    answered with HTTP. ``retryable`` is False for errors another try will not fix (a wrong
+    port, a 4xx status): those fail ``connect()`` at once."""
 
     def __init__(self, message: str, status: Optional[int] = None, retryable: Optional[bool] = None) -> None:
         self.status = status

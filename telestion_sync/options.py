@@ -352,6 +352,7 @@ class ConnectOptions:
     retry_on_failed_connect: bool = False
     ignore_auth_error_abort: bool = False
     ws_compression: bool = True
+    http_probe: bool = True
 
     def __post_init__(self) -> None:
         _check_servers(self.servers)
@@ -425,6 +426,7 @@ _BOOLS = (
     "retry_on_failed_connect",
     "ignore_auth_error_abort",
     "ws_compression",
+    "http_probe",
 )
 _CALLBACKS = (
     "on_error",

@@ -115,13 +115,16 @@ def parse_servers(servers: Union[str, Sequence[str]]) -> List[ServerAddr]:
 class Server:
     """A pool entry: the address and its reconnect bookkeeping."""
 
-    __slots__ = ("addr", "attempts", "last_attempt", "discovered", "last_auth_error")
+    __slots__ = ("addr", "attempts", "last_attempt", "discovered", "last_auth_error", "speaks_nats")
 
     def __init__(self, addr: ServerAddr, discovered: bool = False) -> None:
         self.addr = addr
         self.attempts = 0
         self.last_attempt = 0.0
         self.discovered = discovered
+        # Known to be a NATS port (it sent INFO, or a cluster announced it): a silent moment on
+        # it is a slow server, never a reason for the connection's HTTP probe.
+        self.speaks_nats = discovered
         # The server's last refusal since our last successful connect to it (normalized text).
         self.last_auth_error: Optional[str] = None
 

@@ -244,6 +244,10 @@ GOT_INFO = "got-info"  # the caller may upgrade to TLS now, then sends connect_f
 AWAIT_PONG = "await-pong"  # CONNECT and PING sent: the PONG (or -ERR) says whether we are in
 OPEN = "open"
 
+#: How many of the first bytes received are kept while awaiting INFO: enough for an HTTP
+#: status line and the start of its body (Go's "Client sent an HTTP request to an HTTPS server").
+_HTTP_HEAD = 256
+
 #: What :meth:`ClientProtocol.keepalive` says.
 PING_DUE = "ping"
 STALE = "stale"
@@ -257,6 +261,9 @@ class ClientProtocol:
     ``max_payload``), send :meth:`connect_frame`, feed bytes again until ``state`` is ``OPEN``;
     a refusal raises the sorted error at once, and events after the PONG wait in ``early``.
     Answers the protocol owes (PONGs to the server's PINGs) collect in :meth:`data_to_send`.
+    A server that stays silent where NATS sends INFO may be asked :meth:`http_probe`: an HTTP
+    answer then raises :class:`WebSocketError` (a WebSocket port), an INFO :class:`ProtocolError`
+    (a slow NATS server, which rejects the probe: that connection cannot be used).
 
     Once open, the caller parses with ``parser.feed`` on its hot path and hands the rarer events
     here: :meth:`on_ping` (the PONG to send), :meth:`on_pong`, :meth:`on_info` (merged, with
@@ -282,17 +289,27 @@ class ClientProtocol:
         self.max_outstanding_pings = max_outstanding_pings
         self.pings_out = 0
         self.next_ping = now + ping_interval
+        self.probed = False  # http_probe() was sent
+        self._head = b""  # the first bytes received, while awaiting INFO (HTTP is told by them)
         self._out = bytearray()
 
     # handshake
 
+    def http_probe(self, host: str) -> bytes:
+        """A minimal HTTP request for a server that says nothing where NATS sends INFO at once:
+        a WebSocket (or other HTTP) port answers it with a status line, which
+        :meth:`receive_handshake` turns into a :class:`WebSocketError` naming the fix. A NATS
+        server rejects it (``-ERR``), so after the probe an INFO raises :class:`ProtocolError`.
+        ``host`` is the ``Host`` header (``host:port``)."""
+        self.probed = True
+        return b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host.encode("ascii", "replace")
+
     def receive_handshake(self, data: bytes) -> None:
         """Feed bytes received during the handshake; advances ``state``."""
-        if self.state == AWAIT_INFO and not self.parser.bytes_needed and data.startswith(b"HTTP/"):
-            raise WebSocketError(
-                "the server answered with HTTP, not NATS: it is a WebSocket (or HTTP) port; "
-                "use a ws:// or wss:// URL for it"
-            )
+        if self.state == AWAIT_INFO and len(self._head) < _HTTP_HEAD:
+            self._head += data[: _HTTP_HEAD - len(self._head)]  # a prefix split over reads too
+            if self._head.startswith(b"HTTP/"):
+                raise self._http_answer()
         for ev in self.parser.feed(data):
             kind = ev[0]
             if self.state == OPEN:
@@ -304,6 +321,11 @@ class ClientProtocol:
             elif kind == ERR:
                 raise server_error(ev[1], self.url)
             elif kind == INFO and self.state == AWAIT_INFO:
+                if self.probed:  # before the -ERR the probe earns: that is no refusal of ours
+                    raise ProtocolError(
+                        f"server {self.url} sent INFO only after the HTTP probe: a slow NATS "
+                        "server, which rejects the probe (this connection cannot be used)"
+                    )
                 self._accept_info(ev[1])
                 self.state = GOT_INFO
             elif kind == INFO:
@@ -312,6 +334,17 @@ class ClientProtocol:
                 self.state = OPEN
             else:
                 raise ProtocolError(f"unexpected {ev!r} during the handshake with {self.url}")
+
+    def _http_answer(self) -> WebSocketError:
+        """The error for a server that answered with HTTP: a WebSocket port (``wss://`` when
+        the answer says the port wants TLS, as Go's HTTPS servers do)."""
+        status = self._head.split(b"\r\n", 1)[0][:80].decode("ascii", "replace")
+        scheme = "wss://" if b"HTTPS" in self._head else "ws://"
+        return WebSocketError(
+            f"server {self.url} answered with HTTP ({status}), not NATS: this looks like a "
+            f"WebSocket/HTTP port; use a {scheme} URL for it",
+            retryable=False,
+        )
 
     def _accept_info(self, info: Dict[str, Any]) -> None:
         self.info = info

@@ -987,6 +987,30 @@ def test_client_protocol_rejects_connect_before_info_and_http_answers() -> None:
         p.ClientProtocol().receive_handshake(b"MSG a 1 2\r\nhi\r\n")
 
 
+def test_client_protocol_http_probe_and_its_answers() -> None:
+    """The probe for a silent server: HTTP back is a WebSocket port (wss:// when Go says the
+    port wants TLS), also when the status line comes in pieces; an INFO back is a slow NATS
+    server that rejects the probe, reported before the -ERR it sends (no auth failure)."""
+    proto = p.ClientProtocol("nats://h:1")
+    assert not proto.probed
+    assert proto.http_probe("h:1") == b"GET / HTTP/1.1\r\nHost: h:1\r\nConnection: close\r\n\r\n"
+    assert proto.probed
+    proto.receive_handshake(b"HT")
+    answer = r"nats://h:1 answered with HTTP \(HTTP/1.1 400 Bad Request\).*use a ws://"
+    with pytest.raises(WebSocketError, match=answer) as info:
+        proto.receive_handshake(b"TP/1.1 400 Bad Request\r\nSec-Websocket-Version: 13\r\n\r\n")
+    assert not info.value.retryable and info.value.status is None
+    with pytest.raises(WebSocketError, match="use a wss:// URL"):
+        p.ClientProtocol().receive_handshake(
+            b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+        )
+    late = p.ClientProtocol("nats://h:1")
+    late.http_probe("h:1")
+    with pytest.raises(ProtocolError, match="only after the HTTP probe"):
+        late.receive_handshake(_INFO + b"-ERR 'Authorization Violation'\r\n")
+    assert late.state == p.AWAIT_INFO
+
+
 def test_client_protocol_bounds_an_announced_max_payload() -> None:
     proto = p.ClientProtocol()
     proto.receive_handshake(b'INFO {"max_payload": 1000000000000}\r\n')

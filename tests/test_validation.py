@@ -152,6 +152,7 @@ CONNECT_RULES: List[Tuple[str, Any, str]] = [
     ("retry_on_failed_connect", 1, "retry_on_failed_connect must be True or False, not int"),
     ("ignore_auth_error_abort", None, "ignore_auth_error_abort must be True or False, not NoneType"),
     ("ws_compression", "yes", "ws_compression must be True or False, not str"),
+    ("http_probe", 0, "http_probe must be True or False, not int"),
 ]
 
 

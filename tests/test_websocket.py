@@ -7,6 +7,7 @@ timeout, and a reader that a stalled send side does not block.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -32,7 +33,7 @@ from . import authgen
 from .conftest import clean_env, wait_until
 from .test_cli import run
 from .tlsutil import TLSFiles, connection_named
-from .wsproxy import HTTPRefuser, ReframingProxy
+from .wsproxy import HTTPRefuser, ReframingProxy, SilentPort, SlowGreeter
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -362,11 +363,110 @@ def test_ws_url_to_a_plain_nats_port_fails_at_once_saying_so(server: NatsServer)
     assert info.value.status is None
 
 
-def test_nats_url_to_a_websocket_port_says_to_use_ws(server: NatsServer) -> None:
-    """A WebSocket port says nothing to a NATS client, so only the connect timeout can tell;
-    the error then names the likely cause."""
+# --- the HTTP probe: a nats:// URL to a WebSocket port -------------------------------------------
+
+
+def test_nats_url_to_a_websocket_port_fails_at_once_saying_to_use_ws(server: NatsServer) -> None:
+    """A WebSocket port says nothing to a NATS client; the HTTP probe it then gets is answered
+    with HTTP (nats-server: ``HTTP/1.1 400 Bad Request``), which names the cause and the fix."""
+    for url in (f"nats://127.0.0.1:{server.websocket_port}", f"127.0.0.1:{server.websocket_port}"):
+        started = time.monotonic()
+        with pytest.raises(ts.WebSocketError, match=r"answered with HTTP \(HTTP/1.1 400 Bad") as info:
+            ts.connect(url, connect_timeout=5)
+        assert time.monotonic() - started < 2.0
+        assert "looks like a WebSocket/HTTP port; use a ws:// URL" in str(info.value)
+        assert info.value.status is None and not info.value.retryable
+
+
+def test_nats_url_to_a_wss_port_says_to_use_wss(tls_files: TLSFiles) -> None:
+    """A WebSocket port with TLS answers the plain probe as Go's HTTPS servers do."""
+    with ws_server(websocket_tls=tls_files.server_config()) as srv:
+        started = time.monotonic()
+        with pytest.raises(ts.WebSocketError, match=r"HTTP/1.0 400 Bad Request.*use a wss:// URL"):
+            ts.connect(f"nats://127.0.0.1:{srv.websocket_port}", connect_timeout=5)
+        assert time.monotonic() - started < 2.0
+
+
+def test_nats_url_to_a_nats_port_sends_no_probe(server: NatsServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="telestion_sync.connection")
+    with ts.connect(server.url, connect_timeout=5) as bus:
+        assert_round_trip(bus)
+    assert "HTTP probe" not in caplog.text
+
+
+def test_a_silent_port_still_times_out_after_connect_timeout() -> None:
+    """A peer that never says a word gets the probe once, then the connect timeout as before
+    (no second attempt: silence is no answer that a slow NATS server could have given)."""
+    silent = SilentPort()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ts.NoServersError, match=r"no INFO within 1.0 s.*nor did it answer") as info:
+            ts.connect(f"nats://127.0.0.1:{silent.port}", connect_timeout=1.0)
+        elapsed = time.monotonic() - started
+        assert 1.0 <= elapsed < 1.9
+        assert isinstance(info.value.__cause__, ts.TimeoutError)
+        assert silent.received.get(timeout=5).startswith(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:")
+        assert silent.accepted == 1
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize("how", ["tls-url", "handshake-first"])
+def test_no_probe_where_tls_is_asked_for(how: str) -> None:
+    """TLS connections never get the plaintext probe: they time out as before."""
+    silent = SilentPort()
+    url = f"127.0.0.1:{silent.port}"
+    options: dict[str, Any] = {"connect_timeout": 1.0}
+    if how == "tls-url":
+        url = "tls://" + url
+    else:
+        options["tls_handshake_first"] = True
+    try:
+        started = time.monotonic()
+        with pytest.raises(ts.NoServersError):
+            ts.connect(url, **options)
+        assert time.monotonic() - started >= 1.0
+        sent = silent.received.get(timeout=5)
+        assert b"GET " not in sent and b"HTTP/1.1" not in sent
+        if how == "handshake-first":
+            assert sent[:1] == b"\x16"  # a TLS handshake record: the ClientHello
+    finally:
+        silent.close()
+
+
+def test_http_probe_false_waits_for_the_timeout_and_says_to_use_ws(server: NatsServer) -> None:
     with pytest.raises(ts.NoServersError, match=r"sent no INFO within 0.5 s.*WebSocket port.*ws://"):
-        ts.connect(f"nats://127.0.0.1:{server.websocket_port}", connect_timeout=0.5)
+        ts.connect(f"nats://127.0.0.1:{server.websocket_port}", connect_timeout=0.5, http_probe=False)
+
+
+def test_a_slow_nats_server_is_connected_to_again_without_the_probe(server: NatsServer) -> None:
+    """A NATS server whose INFO comes after the probe rejects the probe; the client connects
+    once more at once, without one, and never probes that server again (reconnects included)."""
+    slow = SlowGreeter(server.port, delay=1.0)  # the probe goes after 0.25 s
+    reconnected = threading.Event()
+    try:
+        started = time.monotonic()
+        with ts.connect(slow.url, connect_timeout=4, on_reconnect=reconnected.set, **FAST) as bus:
+            assert time.monotonic() - started < 4.0
+            assert_round_trip(bus)
+            first = list(slow.first_sent)
+            assert len(first) == 2
+            assert first[0].startswith(b"GET / HTTP/1.1\r\n")  # nats-server answered -ERR, closed
+            assert first[1].startswith(b"CONNECT {")
+            slow.drop()
+            assert reconnected.wait(10)
+            assert slow.first_sent[2].startswith(b"CONNECT {")  # known to speak NATS: no probe
+            assert_round_trip(bus)
+    finally:
+        slow.close()
+
+
+def test_a_tls_first_server_to_a_plain_url_fails_as_before(tls_files: TLSFiles) -> None:
+    """A TLS-first server closes on the probe: no HTTP, so the attempt is made again without
+    it, and fails as it did before the probe existed (naming tls_handshake_first)."""
+    with tls_files.nats_server(handshake_first=True) as srv:
+        with pytest.raises(ts.NoServersError, match=r"sent no INFO within 1.0 s \(if it expects TLS first"):
+            ts.connect(srv.url, connect_timeout=1.0)
 
 
 def test_nats_url_to_a_port_that_answers_http_fails_at_once() -> None:

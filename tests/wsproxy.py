@@ -9,10 +9,15 @@ client a WebSocket PING before every batch and counts the PONGs that come back.
 
 :class:`HTTPRefuser` answers every connection with one fixed HTTP status (a WebSocket upgrade
 refused by a proxy: 401, 403, 404...).
+
+For the HTTP probe of plain connections: :class:`SilentPort` accepts and never says a word (it
+records what clients send), :class:`SlowGreeter` is a TCP proxy to a nats-server that holds the
+server's bytes back for a while after each connect (a slow or far-away NATS server).
 """
 
 from __future__ import annotations
 
+import queue
 import random
 import selectors
 import socket
@@ -229,4 +234,130 @@ class HTTPRefuser:
         self._listener.close()
 
 
-__all__ = ["ReframingProxy", "HTTPRefuser"]
+class SilentPort:
+    """Accepts connections and never sends a byte; once a client closes a connection,
+    everything it sent on it goes into ``received``. ``accepted`` counts the connections."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.accepted = 0
+        self.received: queue.Queue[bytes] = queue.Queue()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="silent-port", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            threading.Thread(target=self._listen, args=(conn,), name="silent-conn", daemon=True).start()
+
+    def _listen(self, conn: socket.socket) -> None:
+        got = b""
+        conn.settimeout(20)
+        try:
+            while True:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            self.received.put(got)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+class SlowGreeter:
+    """A TCP proxy to the nats-server at ``127.0.0.1:target_port`` that holds the server's bytes
+    (its INFO first) back for ``delay`` seconds after each connect; what the client sends goes
+    through at once. ``first_sent`` has the first bytes the client sent on each connection."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.port = free_port()
+        self.first_sent: List[bytes] = []
+        self._lock = threading.Lock()
+        self._socks: List[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="slow-greeter", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(client,), name="slow-greeter-c", daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        upstream.settimeout(None)
+        with self._lock:
+            self._socks += [client, upstream]
+        up = threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True)
+        up.start()
+        self._stop.wait(self.delay)  # the server's INFO waits in upstream's receive buffer
+        self._pipe(upstream, client, False)
+        up.join(5)  # each pipe shuts both sockets down as it ends, so the other ends too
+        with self._lock:
+            self._socks = [s for s in self._socks if s is not client and s is not upstream]
+        client.close()
+        upstream.close()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if record:
+                    with self._lock:
+                        self.first_sent.append(data)
+                    record = False
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def drop(self) -> None:
+        """Cut every connection (the client then reconnects)."""
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.drop()
+        self._listener.close()
+
+
+__all__ = ["ReframingProxy", "HTTPRefuser", "SilentPort", "SlowGreeter"]
