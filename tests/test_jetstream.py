@@ -720,7 +720,8 @@ def test_publish_async_futures_behave_as_futures(js: ts.JetStream, stream: str) 
     after: List[concurrent.futures.Future] = []  # type: ignore[type-arg]
     before.add_done_callback(after.append)  # already done: called at once
     assert after == [before]
-    assert sorted(f.result().seq for f in concurrent.futures.as_completed(futs, timeout=5)) == list(range(1, 300))
+    seqs = sorted(f.result().seq for f in concurrent.futures.as_completed(futs, timeout=5))
+    assert seqs == list(range(1, 300))
     cancelled = js.publish_async("void3.y", b"x", timeout=0.3)
     assert cancelled.cancel() and cancelled.cancelled()
     js.publish_async_complete(5)  # its ack timeout is ignored: it stays cancelled
