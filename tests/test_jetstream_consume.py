@@ -452,3 +452,34 @@ def test_consume_stop_while_waiting_ends_its_thread_quietly(js: ts.JetStream) ->
     finally:
         threading.excepthook = old_hook
     assert seen == []
+
+
+def test_a_window_of_large_messages_is_never_dropped_as_a_slow_consumer() -> None:
+    """80 messages of 1 MiB (more than a subscription's default 64 MiB of pending bytes) all
+    arrive before the reader takes the second: none is dropped, no reset, every one in order
+    (the pull window, not the subscription's pending limits, bounds what is buffered). The
+    server's own limit for a client's backlog is raised: at 64 MiB it cuts off any client
+    (nats-py too) that pulls this much at once."""
+    errors = ErrorLog()
+    with NatsServer(jetstream=True, config="max_pending: 268435456") as server:
+        bus = ts.connect(server.url, on_error=errors)
+        try:
+            js = bus.jetstream(timeout=10)
+            js.create_stream("BIG", subjects=["big.>"], storage="memory")
+            blob = bytes(1024 * 1024 - 200)
+            for i in range(80):
+                js.publish_async("big.x", blob, headers={"i": str(i)})
+            js.publish_async_complete(30)
+            before = bus.stats.in_bytes
+            oc = js.ordered_consumer("BIG")
+            it = oc.messages(max_messages=100)
+            got = [int(next(it).headers["i"])]
+            wait_until(lambda: bus.stats.in_bytes - before >= 80 * len(blob), 20, "all 80 MiB to arrive")
+            got += [int(it.next(timeout=5).headers["i"]) for _ in range(79)]
+            assert got == list(range(80))
+            assert oc.resets == 0
+            assert not errors.of(ts.SlowConsumerError)
+            it.stop()
+            oc.close()
+        finally:
+            bus.close()

@@ -362,7 +362,10 @@ class _Pump:
         self.done = False
         self.error: Optional[BaseException] = None
         self._lock = threading.Lock()
-        self.sub = self.bus.subscribe(self.bus.new_inbox())
+        # No pending limits: the pull window bounds what can arrive, and a message dropped
+        # here as a slow consumer's would only come back after ack_wait (or, ordered, cost
+        # a reset), where a window of large messages is simply what was asked for.
+        self.sub = self.bus.subscribe(self.bus.new_inbox(), pending_msgs_limit=-1, pending_bytes_limit=-1)
         self._buf: Deque[Message] = deque()  # taken from the subscription, not yet sorted
         self._ready: Deque[JetStreamMessage] = deque()  # sorted, counted: to hand out
         self._remove_listener = self.bus.add_status_listener(self._on_status)
@@ -706,7 +709,14 @@ class MessagesIterator:
         return self
 
     def __next__(self) -> JetStreamMessage:
-        m = self._pump.poll(None)  # the common case first: a message without waiting
+        pump = self._pump
+        ready = pump._ready
+        if ready and not pump.done:  # the common case: sorted already, no lock, no clock
+            try:
+                return ready.popleft()
+            except IndexError:  # another thread took the last one
+                pass
+        m = pump.poll(None)
         if m is not None:
             return m
         try:

@@ -38,11 +38,13 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("telestion_sync.jetstream.ordered")
 
 #: How many messages an ordered ``consume``/``messages`` keeps requested (nats.go: 500). More,
-#: because this client's reader and writer threads share the GIL with the consuming thread and
-#: can be held off for its 5 ms switch interval: 500 messages cover under 2 ms of a fast replay,
-#: and the pipeline ran dry (ordered replay 335k msg/s at 500, 375k at 2000). Ordered consumers
-#: ack nothing, so a deeper window risks no redelivery; it only bounds memory.
-ORDERED_MAX_MESSAGES = 2000
+#: because this client's reader thread shares the GIL with the consuming thread, which holds it
+#: for up to the 5 ms switch interval: a fast replay (400k msg/s) takes 2000 messages in that
+#: time, and a window of two such slices keeps the server sending while the other thread runs
+#: (ordered replay 335k msg/s at 500, 385k at 2000, 405k at 5000). Ordered consumers ack
+#: nothing, so a deeper window risks no redelivery; it bounds memory (pass a smaller
+#: ``max_messages`` for large messages).
+ORDERED_MAX_MESSAGES = 4000
 
 
 class OrderedConsumer(_Puller):
