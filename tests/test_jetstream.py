@@ -7,7 +7,7 @@ import concurrent.futures
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import List
+from typing import Any, List
 
 import pytest
 
@@ -15,7 +15,7 @@ import telestion_sync as ts
 from telestion_sync.jetstream.message import parse_metadata
 from telestion_sync.server import NatsServer
 
-from .conftest import join_all
+from .conftest import fast_bus, join_all
 
 
 @pytest.fixture
@@ -727,3 +727,111 @@ def test_publish_async_futures_behave_as_futures(js: ts.JetStream, stream: str) 
     js.publish_async_complete(5)  # its ack timeout is ignored: it stays cancelled
     assert cancelled.cancelled()
     sink.unsubscribe()
+
+
+def test_publish_async_complete_returns_with_every_future_settled(
+    js: ts.JetStream, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack left the table only once its future was settled: publish_async_complete()
+    cannot return while the reader is still parsing the last ack (a slow parse widens that)."""
+    from telestion_sync.jetstream import publish as publish_mod
+
+    real = publish_mod.parse_pub_ack
+
+    def slow_parse(msg: Any, subject: str) -> ts.PubAck:
+        time.sleep(0.3)  # widens the window between taking the ack and settling its future
+        return real(msg, subject)
+
+    monkeypatch.setattr(publish_mod, "parse_pub_ack", slow_parse)
+    futs = [js.publish_async("t.a", b"%d" % i) for i in range(3)]
+    js.publish_async_complete(10)
+    assert all(f.done() for f in futs)
+    assert [f.result(0).seq for f in futs] == [1, 2, 3]
+
+
+def test_publish_async_sweeper_does_not_outlive_bus_close(js_server: NatsServer) -> None:
+    b = fast_bus(js_server.url)
+    js = b.jetstream()
+    with pytest.raises(ts.NoRespondersError):  # an ack (a 503) came: the sweeper is running
+        js.publish_async("nostream.x", b"x").result(5)
+    assert [t for t in threading.enumerate() if t.name == "telestion_sync-js-ack-timeouts"]
+    b.close()
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("telestion_sync-js")]
+    assert alive == []
+
+
+def test_publish_async_sweeper_ending_while_a_publish_comes(js: ts.JetStream, stream: str) -> None:
+    """The idle sweeper decides to end just as a publish adds its entry and sees the sweeper
+    still running: that publish's ack timeout must still fire (a sweeper keeps running or a
+    new one starts). The interleaving is forced: the sweeper's last look at the table lets a
+    publish run to completion before it acts on what it saw."""
+    pub = js._publisher
+    pub._idle_exit = 0.0  # the sweeper ends at the first look that finds nothing outstanding
+    sink = js.bus.subscribe("void5.>")  # swallows the publish: its ack never comes
+    js.bus.flush()
+    raced: List[concurrent.futures.Future] = []  # type: ignore[type-arg]
+    fired = threading.Event()
+    sweeper_name = "telestion_sync-js-ack-timeouts"
+
+    def racing_publish() -> None:
+        raced.append(js.publish_async("void5.x", b"x", timeout=0.5))
+
+    class Racing(dict):  # type: ignore[type-arg]
+        armed = True
+        empty_looks = 0
+
+        def __len__(self) -> int:
+            n = dict.__len__(self)
+            if not Racing.armed or threading.current_thread().name != sweeper_name:
+                return n
+            Racing.empty_looks = Racing.empty_looks + 1 if n == 0 else 0
+            if Racing.empty_looks == 2:  # the loop's look, then the one before it ends
+                Racing.armed = False
+                t = threading.Thread(target=racing_publish)
+                t.start()
+                join_all([t], 5, "the racing publish")
+                fired.set()
+            return n
+
+    pub._pending = Racing()
+    assert js.publish_async("t.a", b"x").result(5).seq == 1
+    assert fired.wait(5)
+    assert isinstance(raced[0].exception(timeout=5), ts.TimeoutError)
+    sink.unsubscribe()
+
+
+def test_pub_ack_futures_settled_while_threads_start_waiting() -> None:
+    """Settling races a thread starting to wait (result with a timeout, a done-callback,
+    concurrent.futures.wait): each sees the result exactly once, none waits out its timeout."""
+    from telestion_sync.jetstream.publish import PubAckFuture
+
+    ack = ts.PubAck("S", 1)
+    for _ in range(200):
+        f = PubAckFuture("s", 0.0)
+        got: List[Any] = []
+        calls: List[Any] = []
+        go = threading.Barrier(4)
+
+        def waiter(f: PubAckFuture = f, got: List[Any] = got, go: threading.Barrier = go) -> None:
+            go.wait(5)
+            got.append(f.result(5))
+
+        def callbacker(f: PubAckFuture = f, calls: List[Any] = calls, go: threading.Barrier = go) -> None:
+            go.wait(5)
+            f.add_done_callback(calls.append)
+
+        def waits(f: PubAckFuture = f, got: List[Any] = got, go: threading.Barrier = go) -> None:
+            go.wait(5)
+            done, _ = concurrent.futures.wait([f], timeout=5, return_when=concurrent.futures.FIRST_COMPLETED)
+            got.append(done == {f})
+
+        threads = [threading.Thread(target=t) for t in (waiter, callbacker, waits)]
+        for t in threads:
+            t.start()
+        go.wait(5)
+        f.settle(ack, None)
+        join_all(threads, 10, "a thread waiting on a settled future")
+        assert sorted(map(repr, got)) == sorted([repr(ack), "True"])
+        assert calls == [f]
+        f.settle(None, ts.TimeoutError("late"))  # a second settle (a late timeout) is ignored
+        assert f.result(0) == ack and f.exception(0) is None

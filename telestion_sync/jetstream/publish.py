@@ -140,6 +140,7 @@ class AsyncPublisher:
         self._prefix = ""
         self._prefix_len = 0
         self._sweeper: Optional[threading.Thread] = None
+        self._idle_exit = 10.0  # seconds with nothing outstanding after which the sweeper ends
         self._closed = False
         self._remove_listener: Any = None
 
@@ -208,26 +209,28 @@ class AsyncPublisher:
 
     def _on_ack(self, msg: Message) -> None:
         pending = self._pending
-        entry = pending.pop(msg.subject[self._prefix_len :], None)
+        token = msg.subject[self._prefix_len :]
+        entry = pending.get(token)
+        if entry is not None:  # else timed out already
+            try:
+                result = parse_pub_ack(msg, entry.subject)
+            except BaseException as exc:
+                entry.settle(None, exc)
+            else:
+                entry.settle(result, None)
+            # Removed once settled: complete() sees the table empty only with every future done.
+            pending.pop(token, None)
         if self._waiters and len(pending) <= self._low_water:
             with self._cond:
                 self._cond.notify_all()
-        if entry is None:
-            return  # timed out already
-        try:
-            result = parse_pub_ack(msg, entry.subject)
-        except BaseException as exc:
-            entry.settle(None, exc)
-        else:
-            entry.settle(result, None)
 
     def _expire(self, now: float) -> None:
-        """Fail the futures whose ack is overdue."""
-        late = [t for t, fut in list(self._pending.items()) if fut.deadline <= now]
-        for t in late:
-            fut = self._pending.pop(t, None)
-            if fut is not None:
+        """Fail the futures whose ack is overdue (each settled before it leaves the table, so
+        complete() never sees the table empty while one is still pending)."""
+        for t, fut in list(self._pending.items()):
+            if fut.deadline <= now:
                 fut.settle(None, TimeoutError(f"no publish acknowledgement for {fut.subject!r} in time"))
+                self._pending.pop(t, None)
 
     def _start_sweeper(self) -> None:
         with self._cond:
@@ -250,32 +253,42 @@ class AsyncPublisher:
                 if self._waiters:
                     with self._cond:
                         self._cond.notify_all()
-            elif now - idle_since > 10.0:
+            elif now - idle_since > self._idle_exit:
                 with self._cond:
-                    if self._pending or self._closed:
-                        continue
-                    self._sweeper = None
-                    return
+                    self._sweeper = None  # a publish from now on starts another sweeper
+                if not self._pending:
+                    return  # and none before added an entry: nothing is left unswept
+                with self._cond:  # a publish that saw this sweeper still running came
+                    if self._sweeper is not None or self._closed:
+                        return  # it started another
+                    self._sweeper = threading.current_thread()
+                idle_since = now
         with self._cond:
-            self._sweeper = None
+            if self._sweeper is threading.current_thread():
+                self._sweeper = None
 
     def _on_status(self, state: State) -> None:
         if state is State.CLOSED:
             self.close()
 
     def close(self) -> None:
-        """Fail everything outstanding (the bus closed)."""
+        """Fail everything outstanding (the bus closed) and end the sweeper (joined: it does
+        not outlive ``bus.close()``, which runs this on its status thread)."""
         with self._cond:
             self._closed = True
             pending = list(self._pending.values())
-            self._pending.clear()
-            self._cond.notify_all()
+            sweeper = self._sweeper
         self._sweep_wake.set()
         err = ConnectionClosedError("the bus closed before the publish was acknowledged")
         for fut in pending:
             fut.settle(None, err)
+        with self._cond:  # emptied after the settles: complete() returns with every future done
+            self._pending.clear()
+            self._cond.notify_all()
         if self._remove_listener is not None:
             self._remove_listener()
+        if sweeper is not None and sweeper is not threading.current_thread():
+            sweeper.join(1.0)
 
     def complete(self, timeout: float) -> None:
         """Wait until every outstanding ack arrived (or failed); raise ts.TimeoutError naming
@@ -296,4 +309,3 @@ class AsyncPublisher:
                     self._cond.wait(min(left, 0.25))  # overdue acks: the sweeper fails them
             finally:
                 self._waiters -= 1
-
