@@ -3,6 +3,7 @@ messages, reconnects and server restarts (kill -9, same store dir) on real serve
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -13,7 +14,7 @@ import pytest
 import telestion_sync as ts
 from telestion_sync.server import NatsServer
 
-from .conftest import ErrorLog, fast_bus, wait_until
+from .conftest import ErrorLog, fast_bus, join_all, wait_until
 from .proxy import TCPProxy
 
 
@@ -483,3 +484,38 @@ def test_a_window_of_large_messages_is_never_dropped_as_a_slow_consumer() -> Non
             oc.close()
         finally:
             bus.close()
+
+
+def test_messages_threads_racing_for_the_last_sorted_message(js: ts.JetStream) -> None:
+    """Threads iterating one messages() iterator take sorted messages without the pump's
+    lock: the thread inside the pump that saw one left must not fail (IndexError) when
+    another took it first. The interleaving is forced: the pump thread's look at the
+    sorted queue lets another thread take the message before it acts on what it saw."""
+    _publish(js, 1)
+    c = js.create_consumer("T")
+    it = c.messages()
+    main = threading.current_thread()
+    stolen: List[ts.JetStreamMessage] = []
+
+    def take() -> None:
+        stolen.append(it.next(5))
+
+    class Racing(collections.deque):  # type: ignore[type-arg]
+        armed = True
+
+        def __len__(self) -> int:
+            n = collections.deque.__len__(self)
+            if n and Racing.armed and threading.current_thread() is main:
+                Racing.armed = False
+                t = threading.Thread(target=take)
+                t.start()
+                join_all([t], 10, "the thread taking the last message")
+            return n
+
+    it._pump._ready = Racing()
+    with pytest.raises(ts.TimeoutError):
+        it.next(timeout=1)  # it lost the race for the only message: nothing else comes
+    assert [m.data for m in stolen] == [{"i": 0}]
+    it.stop()
+    with pytest.raises(ts.SubscriptionClosedError):
+        it.next(1)

@@ -501,7 +501,10 @@ class _Pump:
                 # After a failure (consumer deleted) or in a drain, what arrived before it is
                 # still handed out; after stop() or a close nothing is.
                 if ready and (self.draining or self.error is not None):
-                    return ready.popleft()
+                    try:
+                        return ready.popleft()
+                    except IndexError:  # another thread took the last one (lock-free)
+                        continue
                 if not (self.draining and (buf or sub.pending)):
                     return None
             if not self.stopped and (
@@ -509,7 +512,10 @@ class _Pump:
             ):
                 self._housekeeping(time.monotonic(), deadline)
             if ready:
-                return ready.popleft()
+                try:
+                    return ready.popleft()
+                except IndexError:  # another thread took the last one (lock-free)
+                    continue
             if buf:
                 self._sort(list(buf))
                 continue
