@@ -674,3 +674,23 @@ def test_watch_entries_carry_revision_time_and_delta_like_get(kv: ts.KeyValue) -
     assert e0 is not None
     e0.created = None
     assert e0.created is None
+
+
+def test_watch_last_revision_is_the_last_entry_handed_out(js: ts.JetStream) -> None:
+    """The watch's ordered consumer sorts messages a batch at a time, ahead of what the watch
+    handed out: last_revision is still the revision of the last entry handed out."""
+    kv = js.create_key_value("lastrev")
+    for i in range(100):
+        kv.put(f"k{i}", i)
+    with kv.watch() as w:
+        assert w.last_revision == 0
+        e = w.next(5)
+        assert e is not None and e.revision == 1 and w.last_revision == 1
+        pump = w._it._pump
+        wait_until(lambda: pump.sub.pending + len(pump._ready) == 99, 10, "the other 99 entries to arrive")
+        for rev in range(2, 101):
+            e = w.next(5)
+            assert e is not None and e.revision == rev
+            assert w.last_revision == rev
+        assert w.next(5) is None  # the initial values are done
+        assert w.last_revision == 100

@@ -611,6 +611,7 @@ class Watcher:
         self.initial_done = threading.Event()
         self._marker_due = False
         self._received = 0
+        self._last: Optional[JetStreamMessage] = None  # the message of the last entry handed out
         self._stopped = False
         opt_start_seq = None
         if updates_only:
@@ -651,8 +652,12 @@ class Watcher:
 
     @property
     def last_revision(self) -> int:
-        """The stream sequence of the last entry handed out (0: none yet)."""
-        return self._oc.last_stream_seq
+        """The stream sequence of the last entry handed out (0: none yet).
+
+        Not the ordered consumer's ``last_stream_seq``: that runs up to a batch ahead, over
+        messages its pump has sorted but this watch has not handed out yet."""
+        m = self._last
+        return 0 if m is None else m.metadata.sequence.stream
 
     def _convert(self, m: JetStreamMessage) -> Any:
         raise NotImplementedError
@@ -676,6 +681,7 @@ class Watcher:
             if self._stopped:
                 raise SubscriptionClosedError(f"the {self._what} was stopped")
             m = self._it.next(left)
+            self._last = m
             e = self._convert(m)
             if e is None:
                 continue  # unreadable (logged by _convert)

@@ -64,7 +64,7 @@ class OrderedConsumer(_Puller):
         self._expected = 1  # the next consumer sequence of the current consumer
         self._ack_prefix = "$JS.ACK.-"  # what the current consumer's ack subjects begin with
         self._ack_prefix_len = len(self._ack_prefix)
-        self.last_stream_seq = 0  # the stream sequence last handed out
+        self.last_stream_seq = 0  # the stream sequence last accepted (a pump may not have handed it out yet)
         self._initial_pending = -1
         self._pool = js._inbox_pool
         self._lock = threading.Lock()  # one fetch/next at a time (ordering)
