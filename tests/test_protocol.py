@@ -7,6 +7,7 @@ No sockets and no threads: everything here runs in milliseconds (hypothesis incl
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, List, Optional, Sequence, Tuple
 
 import pytest
@@ -1038,3 +1039,45 @@ def test_client_protocol_merges_info_and_sees_lame_duck() -> None:
     assert proto.info["server_id"] == "S" and proto.info["connect_urls"] == ["10.0.0.2:4222"]
     assert proto.on_info({"ldm": True}) is True
     assert proto.on_ping() == b"PONG\r\n"
+
+
+# --- validate_subject: the one-regex fast path agrees with the token-by-token check -----------
+
+_SUBJECT_CHARS = st.sampled_from(
+    ["a", "Z", "0", "-", "_", "$", ".", "*", ">", " ", "\t", "\r", "\n", "\f", "\v", "\x00", "\x85",
+     "\u00a0", "\u2028", "é", "日", "\ud800", "\udcff", "\U0001f600"]
+)  # fmt: skip
+_SUBJECT_TOKENS = st.sampled_from(["a", "b1", "*", ">", "a*b", "a>", "", " ", "\f", "\v", "\ud800"])
+
+
+def _check_subject(check: Any, subject: Any, wildcards: bool) -> Any:
+    try:
+        return check(subject, wildcards=wildcards)
+    except (BadSubjectError, UnicodeEncodeError) as exc:
+        return type(exc)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.lists(_SUBJECT_CHARS, max_size=12).map("".join),
+        st.lists(_SUBJECT_TOKENS, max_size=5).map(".".join),
+        st.text(max_size=10),
+    ),
+    st.booleans(),
+)
+def test_validate_subject_fast_path_agrees_with_the_token_check(subject: str, wildcards: bool) -> None:
+    fast = _check_subject(p.validate_subject, subject, wildcards)
+    real = p._PLAIN_SUBJECT
+    p._PLAIN_SUBJECT = re.compile(r"(?!)")  # never matches: every subject takes the slow path
+    try:
+        slow = _check_subject(p.validate_subject, subject, wildcards)
+    finally:
+        p._PLAIN_SUBJECT = real
+    assert fast == slow
+
+
+@pytest.mark.parametrize("subject", [b"a", None, 1, ["a"], bytearray(b"a")])
+def test_validate_subject_refuses_non_str(subject: Any) -> None:
+    with pytest.raises(BadSubjectError, match="must be a str"):
+        p.validate_subject(subject, wildcards=True)
