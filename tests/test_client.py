@@ -710,3 +710,18 @@ def test_drain_that_times_out_is_reported_and_stops_the_callbacks(server: NatsSe
     count = len(calls)
     time.sleep(0.3)  # would cover three more callbacks, had they gone on
     assert len(calls) == count
+
+
+def test_next_msgs_honours_the_auto_unsubscribe_limit(bus: ts.MessageBus) -> None:
+    sub = bus.subscribe("lim.x", max_msgs=3)
+    bus.flush()
+    for i in range(6):
+        bus.publish("lim.x", b"%d" % i)
+    bus.flush()
+    got = sub.next_msgs(100, timeout=5)
+    assert [m.payload for m in got] == [b"0", b"1", b"2"]
+    assert sub.delivered == 3
+    with pytest.raises(ts.SubscriptionClosedError):
+        sub.next_msgs(100, timeout=1)
+    with pytest.raises(ValueError):
+        sub.next_msgs(0, timeout=1)
