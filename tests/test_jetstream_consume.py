@@ -4,14 +4,18 @@ messages, reconnects and server restarts (kill -9, same store dir) on real serve
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Iterator, List, Set
+from typing import Iterator, List, Set, Tuple
 
 import pytest
 
 import telestion_sync as ts
+from telestion_sync.jetstream.consumer import DEFAULT_WINDOW_BYTES
+from telestion_sync.jetstream.ordered import ORDERED_MAX_MESSAGES
 from telestion_sync.server import NatsServer
 
 from .conftest import ErrorLog, fast_bus, join_all, wait_until
@@ -455,12 +459,16 @@ def test_consume_stop_while_waiting_ends_its_thread_quietly(js: ts.JetStream) ->
     assert seen == []
 
 
-def test_a_window_of_large_messages_is_never_dropped_as_a_slow_consumer() -> None:
+def test_a_window_of_large_messages_is_never_dropped_as_a_slow_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """80 messages of 1 MiB (more than a subscription's default 64 MiB of pending bytes) all
     arrive before the reader takes the second: none is dropped, no reset, every one in order
     (the pull window, not the subscription's pending limits, bounds what is buffered). The
-    server's own limit for a client's backlog is raised: at 64 MiB it cuts off any client
-    (nats-py too) that pulls this much at once."""
+    byte window and the server's own limit for a client's backlog are raised: at 64 MiB the
+    server cuts off any client (nats-py too) that pulls this much at once, which is why the
+    window defaults to 32 MiB (tested below)."""
+    monkeypatch.setattr(ts.jetstream.consumer, "DEFAULT_WINDOW_BYTES", 256 * 1024 * 1024)
     errors = ErrorLog()
     with NatsServer(jetstream=True, config="max_pending: 268435456") as server:
         bus = ts.connect(server.url, on_error=errors)
@@ -519,3 +527,157 @@ def test_messages_threads_racing_for_the_last_sorted_message(js: ts.JetStream) -
     it.stop()
     with pytest.raises(ts.SubscriptionClosedError):
         it.next(1)
+
+
+# --- the window in bytes: large messages under the server's default max_pending ----------------
+
+BIG = 1024 * 1024 - 200  # payload of a "1 MiB" message (with its headers and subject within 1 MiB)
+
+
+class PullWatch:
+    """The ``batch`` of every pull request to a stream's consumers, seen by a subscriber on
+    ``$JS.API.CONSUMER.MSG.NEXT.<stream>.>`` on another connection."""
+
+    def __init__(self, bus: ts.MessageBus, stream: str) -> None:
+        self.batches: List[int] = []
+        bus.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>", self._seen)
+        bus.flush(5)
+
+    def _seen(self, m: ts.Message) -> None:
+        self.batches.append(json.loads(m.payload)["batch"])
+
+
+@contextlib.contextmanager
+def _big_stream() -> Iterator[Tuple[NatsServer, TCPProxy, ts.MessageBus, ts.MessageBus, ErrorLog, PullWatch]]:
+    """A server with its default max_pending (64 MiB) and a stream of 80 messages of 1 MiB;
+    ``bus`` reads through a proxy that can stall it, ``direct`` publishes and watches."""
+    errors = ErrorLog()
+    with NatsServer(jetstream=True) as server:
+        proxy = TCPProxy(server.host, server.port)
+        direct = ts.connect(server.url, name="direct")
+        bus = ts.connect(proxy.url, name="reader", on_error=errors)
+        try:
+            djs = direct.jetstream(timeout=10)
+            djs.create_stream("BIG", subjects=["big.>"], storage="memory")
+            blob = bytes(BIG)
+            for i in range(80):
+                djs.publish_async("big.x", blob, headers={"i": str(i)})
+            djs.publish_async_complete(30)
+            yield server, proxy, direct, bus, errors, PullWatch(direct, "BIG")
+        finally:
+            bus.close()
+            direct.close()
+            proxy.close()
+
+
+def _let_the_window_pile_up(
+    server: NatsServer, direct: ts.MessageBus, consumer: str, watch: PullWatch
+) -> None:
+    """With nothing reaching the client (the proxy stalled toward it): wait until the server
+    has sent everything the client asked for (the consumer's delivered count reaches the sum
+    of the pull requests, at most the 80 stored), or has cut the client off for it."""
+    djs = direct.jetstream()
+    wait_until(lambda: bool(watch.batches), 10, "a pull request")
+
+    def sent() -> bool:
+        if "Slow Consumer" in server.read_log():
+            return True
+        delivered = djs.consumer_info("BIG", consumer, timeout=5).delivered.consumer_seq
+        return delivered >= min(80, sum(watch.batches))
+
+    wait_until(sent, 20, "the server to send what was requested")
+
+
+@pytest.mark.timeout(120)
+def test_ordered_messages_of_large_messages_stay_within_the_servers_max_pending() -> None:
+    """80 messages of 1 MiB through an ordered consumer's messages() (default window 4000
+    messages) with the server's default max_pending of 64 MiB, and a client that reads
+    nothing until the server has sent all it asked for: the byte window (32 MiB) keeps the
+    backlog under the limit. No slow consumer cut, no reconnect, no reset, all 80 in order."""
+    with _big_stream() as (server, proxy, direct, bus, errors, watch):
+        js = bus.jetstream(timeout=10)
+        oc = js.ordered_consumer("BIG")
+        it = oc.messages()
+        proxy.stall("down")  # what the pump asks for piles up at the server
+        first: List[ts.JetStreamMessage] = []
+        t = threading.Thread(target=lambda: first.append(it.next(timeout=60)))
+        t.start()
+        _let_the_window_pile_up(server, direct, oc.name, watch)
+        proxy.resume()
+        join_all([t], 60, "the reader of the first message")
+        got = [int(first[0].headers["i"])]
+        got += [int(it.next(timeout=10).headers["i"]) for _ in range(79)]
+        assert got == list(range(80))
+        assert "Slow Consumer" not in server.read_log()
+        assert bus.stats.reconnects == 0
+        assert not errors.of(ts.SlowConsumerError)
+        assert oc.resets == 0
+        assert watch.batches[0] == DEFAULT_WINDOW_BYTES // bus.max_payload == 32
+        assert max(watch.batches) <= 32
+        it.stop()
+        oc.close()
+
+
+@pytest.mark.timeout(120)
+def test_consume_of_large_messages_stays_within_the_servers_max_pending() -> None:
+    """The same for consume() on a durable consumer (default window 500), acknowledging each:
+    all 80 once, in order, all acknowledged, no slow consumer cut, no reconnect."""
+    with _big_stream() as (server, proxy, direct, bus, errors, watch):
+        js = bus.jetstream(timeout=10)
+        c = js.create_consumer("BIG", durable="big")
+        got = Collector()
+        proxy.stall("down")
+        cc = c.consume(got, error_handler=errors)
+        _let_the_window_pile_up(server, direct, "big", watch)
+        proxy.resume()
+        got.wait_unique(80, 60)
+        cc.stop()
+        assert cc.join(5)
+        assert got.seqs == list(range(1, 81))
+        assert "Slow Consumer" not in server.read_log()
+        assert bus.stats.reconnects == 0
+        assert not errors.errors
+        assert watch.batches[0] == 32 and max(watch.batches) <= 32
+        wait_until(lambda: c.info().num_ack_pending == 0, 10, "all acknowledged")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["consumer", "ordered"])
+def test_small_messages_get_the_full_window_from_the_second_pull(
+    fresh_js_server: NatsServer, jsbus: ts.MessageBus, js: ts.JetStream, kind: str
+) -> None:
+    """5000 messages of 16 B through messages(): the first pull asks for what 32 MiB holds at
+    the largest possible size (32), the second, once those arrived, for the full window."""
+    with ts.connect(fresh_js_server.url, name="watcher") as other:
+        watch = PullWatch(other, "T")
+        if kind == "consumer":
+            puller: ts.Consumer | ts.OrderedConsumer = js.create_consumer("T", durable="small")
+            window = 500
+        else:
+            puller = js.ordered_consumer("T")
+            window = ORDERED_MAX_MESSAGES
+        it = puller.messages()
+        with pytest.raises(ts.TimeoutError):
+            it.next(timeout=0.2)  # the stream is empty: the first pull request waits at the server
+        wait_until(lambda: len(watch.batches) == 1, 5, "the first pull request")
+        first = watch.batches[0]
+        assert first == DEFAULT_WINDOW_BYTES // jsbus.max_payload == 32
+        before = jsbus.stats.in_msgs
+        ojs = other.jetstream()
+        for i in range(5000):
+            ojs.publish_async("t.a", b"%016d" % i)
+        ojs.publish_async_complete(20)
+        # All of the first pull's messages arrived before the pump sorts any: it sees them in
+        # one batch, so its next pull is exactly the full window.
+        wait_until(lambda: jsbus.stats.in_msgs - before >= first, 10, "the first pull's messages")
+        seen = []
+        for _ in range(5000):
+            m = it.next(timeout=10)
+            if kind == "consumer":
+                m.ack()
+            seen.append(int(m.payload))
+        assert seen == list(range(5000))
+        wait_until(lambda: len(watch.batches) >= 2, 5, "the second pull request")
+        assert watch.batches[1] == window
+        assert max(watch.batches) == window
+        it.stop()

@@ -3,11 +3,12 @@
 Follows ADR-37 and nats.go's ``jetstream`` package. ``fetch`` sends one pull request with
 ``no_wait`` and ``expires`` (the server returns as soon as some messages are there and no more
 are ready, or when it expires, slightly before the caller's timeout so no request is left
-orphaned). ``consume``/``messages`` keep up to ``max_messages`` requested, pull again when half
-were received, watch idle heartbeats (twice the interval missed: pull again), read the 404/408/409
-status messages, pause the heartbeat check while disconnected and pull again after a reconnect
-(the server may have restarted and forgotten every request): they never end because of a
-disconnect.
+orphaned). ``consume``/``messages`` keep up to ``max_messages`` requested (and, unless
+``max_bytes`` is given, about ``DEFAULT_WINDOW_BYTES`` by an estimate of the message size: see
+``_Pump``), pull again when half were received, watch idle heartbeats (twice the interval
+missed: pull again), read the 404/408/409 status messages, pause the heartbeat check while
+disconnected and pull again after a reconnect (the server may have restarted and forgotten
+every request): they never end because of a disconnect.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ FETCH_HEARTBEAT = 5.0  # nats.go: fetches of 10 s or more ask for heartbeats eve
 POLL_INTERVAL = 0.25  # how soon a pump notices a reconnect, a stop or a heartbeat deadline
 _POOL_SIZE = 16
 _BATCH = 256  # messages a pump takes from its subscription at once
+
+#: The bytes a ``consume``/``messages`` in message mode (no ``max_bytes``) keeps requested at
+#: most, by its estimate of the message size: half of nats-server's default ``max_pending``
+#: (64 MiB), the client backlog beyond which the server cuts the connection as a slow consumer
+#: (a window of 500 messages of 1 MiB would be 500 MiB). ``max_bytes=`` chooses an exact byte
+#: window instead.
+DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
+_PROTOCOL_BYTES = 40  # per message on the wire besides subject, reply, headers and payload: HMSG line, CRLFs
+_SIZE_MEMORY = 64  # messages: how long the decaying average of the message size remembers
 
 ErrorHandler = Callable[[BaseException], Any]
 
@@ -269,7 +279,11 @@ class Consumer(_Puller):
     ) -> List[JetStreamMessage]:
         """Up to ``batch`` messages: returns as soon as some arrived and the server has no
         more ready, or after ``timeout`` seconds with fewer or none (never an exception for
-        an empty result). :class:`ConsumerNotFoundError` when the consumer is gone."""
+        an empty result). :class:`ConsumerNotFoundError` when the consumer is gone.
+
+        One request for the whole ``batch``: the server sends it as fast as it can, and a
+        batch of many large messages (beyond its ``max_pending``, 64 MiB by default) can make
+        it cut the connection as a slow consumer. ``max_bytes`` bounds the batch in bytes."""
         check_count(batch, "batch")
         timeout = check_timeout(timeout)
         if max_bytes is not None:
@@ -296,7 +310,13 @@ class Consumer(_Puller):
         """Call ``callback(msg)`` for every message, in order, on a thread of its own, until
         ``stop()``, ``drain()`` or the bus closes. Keeps pulling across reconnects and server
         restarts. Errors (missed heartbeats, a missing consumer, a raising callback) go to
-        ``error_handler`` (default: logged). The callback acknowledges."""
+        ``error_handler`` (default: logged). The callback acknowledges.
+
+        Keeps up to ``max_messages`` requested, and no more than about ``DEFAULT_WINDOW_BYTES``
+        (32 MiB) by the size of the messages received so far (the first pull assumes the
+        server's ``max_payload``): large messages never pile up beyond the server's
+        ``max_pending`` (which would cut the connection). ``max_bytes`` requests an exact
+        byte window from the server instead."""
         if not callable(callback):
             raise InvalidArgumentError("callback must be callable")
         pump = _Pump(self, max_messages, max_bytes, expires, heartbeat, error_handler)
@@ -313,13 +333,24 @@ class Consumer(_Puller):
     ) -> MessagesIterator:
         """A blocking iterator over the consumer's messages; ends on ``stop()`` or when the
         bus closes (a disconnect does not end it). ``it.next(timeout)`` waits at most
-        ``timeout`` seconds."""
+        ``timeout`` seconds. The window is bounded as in :meth:`consume` (``max_messages``,
+        and about ``DEFAULT_WINDOW_BYTES`` unless ``max_bytes`` is given)."""
         return MessagesIterator(_Pump(self, max_messages, max_bytes, expires, heartbeat, error_handler))
 
 
 class _Pump:
     """Keeps pull requests outstanding for one ``consume``/``messages`` and hands out what
-    arrives; ``poll`` runs on the consumer's thread (or the iterating thread)."""
+    arrives; ``poll`` runs on the consumer's thread (or the iterating thread).
+
+    In message mode (no ``max_bytes``) the window is ``max_messages`` and also about
+    ``window_bytes`` (``DEFAULT_WINDOW_BYTES``) by an estimate of the size of a message as the
+    server sends it: the server cuts off a client whose backlog exceeds its ``max_pending``
+    (64 MiB by default), and a window of large messages is sent faster than any client reads.
+    Until a message has arrived the estimate is the server's ``max_payload`` (a first pull of
+    32 messages with 1 MiB); then the larger of the last batch's average and a decaying
+    average (a switch to large messages shrinks the next pull; small ones regain the full
+    window within a few hundred messages). The pull requests themselves stay message counts.
+    """
 
     def __init__(
         self,
@@ -350,6 +381,13 @@ class _Pump:
         self._report_to = error_handler
         self.pending_msgs = 0
         self.pending_bytes = 0
+        self.window_bytes = DEFAULT_WINDOW_BYTES
+        # Bytes per message as the server sends it: the largest possible until one arrived.
+        self._size = max(1, self.bus.max_payload)
+        self._avg = 0  # decaying average of the size (0: nothing received yet)
+        self._extra = _PROTOCOL_BYTES  # subject, reply and protocol bytes per message
+        self._half = 0  # pull again when at most this many are outstanding (message mode)
+        self._set_window()
         self.last_activity = time.monotonic()
         self._fresh = False  # messages handed out since the last wait (they were activity)
         self.paused = not self.bus.is_connected
@@ -413,6 +451,24 @@ class _Pump:
             pass
         self.done = True
 
+    def _set_window(self) -> None:
+        """The re-pull threshold: half of the window that ``window_bytes`` and ``max_messages``
+        allow at the estimated size (at least one message)."""
+        window = min(self.max_messages, max(1, self.window_bytes // self._size))
+        self._half = window // 2
+
+    def _estimate(self, n: int, nbytes: int, last: Message) -> None:
+        """``n`` data messages of ``nbytes`` (payloads and header blocks) arrived: update the
+        size estimate (once per batch, not per message)."""
+        reply = last.reply
+        if reply is not None:
+            self._extra = len(last.subject) + len(reply) + _PROTOCOL_BYTES
+        avg = nbytes // n + self._extra
+        old = self._avg
+        self._avg = avg if old == 0 else (old * _SIZE_MEMORY + avg * n) // (_SIZE_MEMORY + n)
+        self._size = max(avg, self._avg, 1)
+        self._set_window()
+
     def _pull(self) -> None:
         if self.max_bytes:
             batch = 1_000_000
@@ -421,8 +477,12 @@ class _Pump:
                 return
             body = {"batch": batch, "max_bytes": want}
         else:
-            batch = self.max_messages - self.pending_msgs
-            if batch <= 0 or self.pending_msgs > self.max_messages // 2:
+            pending = self.pending_msgs
+            if pending > self._half:
+                return
+            size = self._size
+            batch = min(self.max_messages - pending, max(1, (self.window_bytes - pending * size) // size))
+            if batch <= 0:
                 return
             want = 0
             body = {"batch": batch}
@@ -495,7 +555,6 @@ class _Pump:
         sub = self.sub
         buf = self._buf
         ready = self._ready
-        half = self.max_messages // 2
         while True:
             if self.done:
                 # After a failure (consumer deleted) or in a drain, what arrived before it is
@@ -508,7 +567,7 @@ class _Pump:
                 if not (self.draining and (buf or sub.pending)):
                     return None
             if not self.stopped and (
-                self.reconnected or self.need_reset or self.max_bytes or self.pending_msgs <= half
+                self.reconnected or self.need_reset or self.max_bytes or self.pending_msgs <= self._half
             ):
                 self._housekeeping(time.monotonic(), deadline)
             if ready:
@@ -557,13 +616,17 @@ class _Pump:
         ordered = puller.ordered
         check = puller._check
         by_bytes = self.max_bytes
-        taken = 0  # data messages, counted against pending_msgs in one step
+        taken = 0  # data messages, counted against pending_msgs in steps
+        counted = 0  # of them already counted
+        nbytes = 0  # their payloads and header blocks (for the size estimate)
         accepted = False
         i = 0
         for m in msgs:
             i += 1
             if m.status is None:
                 taken += 1
+                hb = m._hraw  # the raw header block (the property would cost a call)
+                nbytes += len(m.payload) if hb is None else len(m.payload) + len(hb)
                 if by_bytes:
                     self.pending_bytes = max(0, self.pending_bytes - _msg_size(m))
                 jm = JetStreamMessage(m, bus)
@@ -575,21 +638,23 @@ class _Pump:
                     accepted = True
                     ready.append(jm)
                 elif verdict == RESET:
-                    self._count(taken)
-                    taken = 0
+                    self._count(taken - counted)
+                    counted = taken
                     self._start_over(time.monotonic())
                     buf.extend(msgs[i:])
                     break
                 continue
-            self._count(taken)
-            taken = 0
+            self._count(taken - counted)
+            counted = taken
             now = time.monotonic()
             self.last_activity = now
             self._on_status_msg(m, now)
             if self.error is not None or self.need_reset:
                 buf.extend(msgs[i:])
                 break
-        self._count(taken)
+        self._count(taken - counted)
+        if taken:
+            self._estimate(taken, nbytes, m)
         if accepted:
             self.backoff = 0.25
 

@@ -42,8 +42,8 @@ log = logging.getLogger("telestion_sync.jetstream.ordered")
 #: for up to the 5 ms switch interval: a fast replay (400k msg/s) takes 2000 messages in that
 #: time, and a window of two such slices keeps the server sending while the other thread runs
 #: (ordered replay 335k msg/s at 500, 385k at 2000, 405k at 5000). Ordered consumers ack
-#: nothing, so a deeper window risks no redelivery; it bounds memory (pass a smaller
-#: ``max_messages`` for large messages).
+#: nothing, so a deeper window risks no redelivery. Large messages do not fill it: the window
+#: is also bounded to about ``DEFAULT_WINDOW_BYTES`` (32 MiB) by the size of the messages.
 ORDERED_MAX_MESSAGES = 4000
 
 
@@ -217,7 +217,8 @@ class OrderedConsumer(_Puller):
         heartbeat: Optional[float] = None,
         error_handler: Optional[ErrorHandler] = None,
     ) -> ConsumeContext:
-        """Call ``callback(msg)`` for each message in stream order until stopped."""
+        """Call ``callback(msg)`` for each message in stream order until stopped. Keeps up to
+        ``max_messages`` and about ``DEFAULT_WINDOW_BYTES`` (32 MiB) of messages requested."""
         if not callable(callback):
             raise InvalidArgumentError("callback must be callable")
         opts = dict(
@@ -237,7 +238,7 @@ class OrderedConsumer(_Puller):
         heartbeat: Optional[float] = None,
         error_handler: Optional[ErrorHandler] = None,
     ) -> MessagesIterator:
-        """A blocking iterator over the messages in stream order."""
+        """A blocking iterator over the messages in stream order (window as in :meth:`consume`)."""
         opts = dict(
             max_messages=max_messages,
             max_bytes=None,
