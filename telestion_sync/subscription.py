@@ -214,6 +214,11 @@ class Subscription(MessageContext):
         return self._delivered
 
     @property
+    def delivered_bytes(self) -> int:
+        """Payload bytes of the messages counted in ``delivered``."""
+        return self._bytes_out
+
+    @property
     def dropped(self) -> int:
         """Messages dropped because the pending limits were reached."""
         return self._dropped

@@ -153,6 +153,7 @@ def test_next_msgs_takes_what_is_queued_in_order(bus: ts.MessageBus, errors: Any
     rest = sub.next_msgs(100, timeout=5)
     assert [m.data for m in rest] == list(range(10, 26))
     assert sub.delivered == 27 and sub.pending == 0  # the skipped one was taken too, as next_msg counts it
+    assert sub.delivered_bytes == sum(len(m.payload) for m in first + rest) + len(b"{not json")
     assert isinstance(errors.wait(ts.DecodeError), ts.DecodeError)
     sub.unsubscribe()
     with pytest.raises(ts.SubscriptionClosedError):

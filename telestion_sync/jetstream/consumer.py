@@ -349,7 +349,9 @@ class _Pump:
     Until a message has arrived the estimate is the server's ``max_payload`` (a first pull of
     32 messages with 1 MiB); then the larger of the last batch's average and a decaying
     average (a switch to large messages shrinks the next pull; small ones regain the full
-    window within a few hundred messages). The pull requests themselves stay message counts.
+    window within a few hundred messages), taken from the subscription's own figures once per
+    batch (payloads; headers are not counted, subject, reply and framing are). The pull
+    requests themselves stay message counts.
     """
 
     def __init__(
@@ -387,6 +389,7 @@ class _Pump:
         self._avg = 0  # decaying average of the size (0: nothing received yet)
         self._extra = _PROTOCOL_BYTES  # subject, reply and protocol bytes per message
         self._half = 0  # pull again when at most this many are outstanding (message mode)
+        self._seen = (0, 0)  # the subscription's delivered count and bytes at the last estimate
         self._set_window()
         self.last_activity = time.monotonic()
         self._fresh = False  # messages handed out since the last wait (they were activity)
@@ -457,9 +460,14 @@ class _Pump:
         window = min(self.max_messages, max(1, self.window_bytes // self._size))
         self._half = window // 2
 
-    def _estimate(self, n: int, nbytes: int, last: Message) -> None:
-        """``n`` data messages of ``nbytes`` (payloads and header blocks) arrived: update the
-        size estimate (once per batch, not per message)."""
+    def _estimate(self, last: Message) -> None:
+        """Messages arrived: update the size estimate once per batch, from the subscription's
+        own figures (what it handed out since the last batch: no work per message)."""
+        sub = self.sub
+        n, nbytes = sub.delivered, sub.delivered_bytes
+        n, nbytes, self._seen = n - self._seen[0], nbytes - self._seen[1], (n, nbytes)
+        if n <= 0:
+            return
         reply = last.reply
         if reply is not None:
             self._extra = len(last.subject) + len(reply) + _PROTOCOL_BYTES
@@ -618,15 +626,12 @@ class _Pump:
         by_bytes = self.max_bytes
         taken = 0  # data messages, counted against pending_msgs in steps
         counted = 0  # of them already counted
-        nbytes = 0  # their payloads and header blocks (for the size estimate)
         accepted = False
         i = 0
         for m in msgs:
             i += 1
             if m.status is None:
                 taken += 1
-                hb = m._hraw  # the raw header block (the property would cost a call)
-                nbytes += len(m.payload) if hb is None else len(m.payload) + len(hb)
                 if by_bytes:
                     self.pending_bytes = max(0, self.pending_bytes - _msg_size(m))
                 jm = JetStreamMessage(m, bus)
@@ -654,7 +659,7 @@ class _Pump:
                 break
         self._count(taken - counted)
         if taken:
-            self._estimate(taken, nbytes, m)
+            self._estimate(m)
         if accepted:
             self.backoff = 0.25
 
