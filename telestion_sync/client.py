@@ -467,15 +467,15 @@ class MessageBus(Handler):
         thread at once (never waiting behind another send), for a message whose answer is
         awaited, such as a JetStream pull request: the writer may wait for the GIL.
         """
-        if immediate is not False and immediate is not True:
-            raise TypeError(f"immediate must be True or False, got {immediate!r}")
-        if reply is None and headers is None and codec is None and type(data) is bytes and not immediate:
+        if reply is None and headers is None and codec is None and type(data) is bytes and immediate is False:
             # The hot path: a cached subject and raw bytes, written straight into the buffer.
             sb = self._pub_hot.get(subject)
             n = len(data)
             if sb is not None and n <= self._conn.inline_max:
                 self._write_small(b"PUB %s %d\r\n%s\r\n" % (sb, n, data), n)
                 return
+        if immediate is not False and immediate is not True:
+            raise TypeError(f"immediate must be True or False, got {immediate!r}")
         if headers is not None or codec is not None:
             check_publish(None, headers, codec)  # off the fast path, which takes none of these
         rb = None if reply is None else check_subject("reply", reply, wildcards=False)

@@ -443,6 +443,12 @@ METHOD_RULES: List[Tuple[str, Call, type, str]] = [
         "reply: subject must be a str",
     ),
     (
+        "publish immediate None",
+        lambda b, s: b.publish("x", b"x", immediate=None),
+        TypeError,
+        "immediate must be True or False, got None",
+    ),
+    (
         "publish immediate str",
         lambda b, s: b.publish("x", immediate="yes"),
         TypeError,
