@@ -681,3 +681,24 @@ def test_small_messages_get_the_full_window_from_the_second_pull(
         assert watch.batches[1] == window
         assert max(watch.batches) == window
         it.stop()
+
+
+def test_ordered_messages_stopped_then_fetch_loses_nothing(js: ts.JetStream) -> None:
+    """Stopping an ordered consumer's messages() drops what was sorted but not handed out and
+    leaves its pull requests with the server: the next fetch starts over from the last
+    message handed out, so none is lost or repeated."""
+    _publish(js, 100)
+    oc = js.ordered_consumer("T")
+    it = oc.messages()
+    first = [it.next(timeout=5).data["i"] for _ in range(10)]
+    it.stop()
+    rest: List[int] = []
+    deadline = time.monotonic() + 20
+    while len(rest) < 90 and time.monotonic() < deadline:
+        rest += [m.data["i"] for m in oc.fetch(100, timeout=2)]
+    assert first + rest == list(range(100))
+    it2 = oc.messages()  # and a new iterator after a stopped one, with nothing left: none
+    with pytest.raises(ts.TimeoutError):
+        it2.next(timeout=1)
+    it2.stop()
+    oc.close()

@@ -93,6 +93,10 @@ class _Puller:
     def _reset(self, timeout: float) -> bool:
         return True
 
+    def _stopped(self, unhanded: Optional[JetStreamMessage]) -> None:
+        """A ``consume``/``messages`` on this consumer stopped, its pull requests perhaps still
+        with the server; ``unhanded`` is the first message it took but never handed out."""
+
     def _gone(self, timeout: float) -> bool:
         """After a 503 to a pull request: True when the consumer (or its stream) does not
         exist; False when it does, or cannot be told now (a leader election in a cluster
@@ -434,8 +438,13 @@ class _Pump:
         """No more pulls and no more messages; what is buffered is dropped."""
         self.stopped = True
         self.done = True
+        try:
+            unhanded: Optional[JetStreamMessage] = self._ready[0]
+        except IndexError:
+            unhanded = None
         self._buf.clear()
         self._ready.clear()
+        self.puller._stopped(unhanded)
         self._remove_listener()
         if self.sub.is_valid or self.sub.pending:
             try:
@@ -447,6 +456,7 @@ class _Pump:
         """For drain: no more pulls; what arrived is still handed out."""
         self.stopped = True
         self.draining = True
+        self.puller._stopped(None)
         self._remove_listener()
         try:
             self.sub.drain(1.0)

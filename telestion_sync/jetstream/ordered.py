@@ -69,6 +69,9 @@ class OrderedConsumer(_Puller):
         self._pool = js._inbox_pool
         self._lock = threading.Lock()  # one fetch/next at a time (ordering)
         self._active: Optional[_Pump] = None
+        # A consume()/messages() stopped: its pull requests may still deliver to its dead
+        # inbox, so the next read starts over from the last message handed out.
+        self._stale = False
         self.resets = 0
 
     def __repr__(self) -> str:
@@ -156,6 +159,21 @@ class OrderedConsumer(_Puller):
             self._delete_quietly(old)
         return True
 
+    def _stopped(self, unhanded: Optional[JetStreamMessage]) -> None:
+        self._stale = True
+        if unhanded is not None:  # sorted (and counted in last_stream_seq) but never handed out
+            seqs = ack_sequences(unhanded.msg.reply)
+            if seqs is not None and seqs[1] - 1 < self.last_stream_seq:
+                self.last_stream_seq = seqs[1] - 1
+
+    def _reset_by(self, deadline: float) -> bool:
+        """Start over with a new consumer, trying until ``deadline``; False if that failed."""
+        while not self._reset(max(0.05, min(self.js.timeout, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+        return True
+
     def _delete_quietly(self, name: str) -> None:
         """Remove an abandoned consumer without waiting for the answer (it would expire
         after ``inactive_threshold`` anyway)."""
@@ -179,17 +197,19 @@ class OrderedConsumer(_Puller):
         if not self._lock.acquire(True, timeout):
             return []
         try:
+            if self._stale:
+                if not self._reset_by(deadline):
+                    return []
+                self._stale = False
             while True:
                 left = deadline - time.monotonic()
                 try:
                     msgs, reset = fetch_batch(self, self._pool, batch, max(left, 0.0), None)
                 except JetStreamError:
                     msgs, reset = [], True
-                if reset:
-                    while not self._reset(max(0.05, min(self.js.timeout, deadline - time.monotonic()))):
-                        if time.monotonic() >= deadline:
-                            return msgs
-                        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+                if reset and not self._reset_by(deadline):
+                    self._stale = True
+                    return msgs
                 if msgs or time.monotonic() >= deadline:
                     return msgs
         finally:
@@ -205,6 +225,9 @@ class OrderedConsumer(_Puller):
     def _pump(self, options: Any) -> _Pump:
         self._busy()
         pump = _Pump(self, **options)
+        if self._stale:  # the pump recreates the consumer before its first pull
+            pump.need_reset = True
+            self._stale = False
         self._active = pump
         return pump
 
