@@ -40,38 +40,80 @@ def _pump_out(sock: socket.socket, proto: object) -> None:
             sock.sendall(chunk)
 
 
-class ReframingProxy:
-    """Listens on ``127.0.0.1:port`` (``url``) and proxies to ``ws://127.0.0.1:target_port``."""
+class _Listener:
+    """A test server on ``127.0.0.1:port``: accepts on a thread of its own and serves each
+    connection with :meth:`_serve` on another; ``drop()`` cuts the connections it tracks,
+    ``close()`` stops everything. ``scheme`` makes ``url``."""
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+    scheme = "nats"
+
+    def __init__(self, name: str) -> None:
         self.port = free_port()
+        self._name = name
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.settimeout(0.1)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._socks: List[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept_loop, name=name, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            t = threading.Thread(target=self._serve, args=(conn,), name=f"{self._name}-conn", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _track(self, *socks: socket.socket) -> None:
+        with self._lock:
+            self._socks += socks
+
+    def _untrack(self, *socks: socket.socket) -> None:
+        with self._lock:
+            self._socks = [s for s in self._socks if s not in socks]
+
+    def drop(self) -> None:
+        """Cut every connection (a client then reconnects)."""
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.drop()
+        self._listener.close()
+        for t in self._threads:
+            t.join(5)
+
+
+class ReframingProxy(_Listener):
+    """Listens on ``127.0.0.1:port`` (``url``) and proxies to ``ws://127.0.0.1:target_port``."""
+
+    scheme = "ws"
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
         self.pings = 0
         self.pongs = 0
         self.split_frames = 0  # data frames of fewer than 6 bytes sent to the client
         self.packed_frames = 0  # data frames sent whole (one or more NATS frames each)
         self._rng = random.Random(11)
-        self._threads = [threading.Thread(target=self._accept_loop, name="ws-proxy", daemon=True)]
-        self._threads[0].start()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                continue
-            t = threading.Thread(target=self._serve, args=(client,), name="ws-proxy-conn", daemon=True)
-            t.start()
-            self._threads.append(t)
+        super().__init__("ws-proxy")
 
     def _serve(self, client: socket.socket) -> None:
         upstream: Optional[socket.socket] = None
@@ -86,8 +128,7 @@ class ReframingProxy:
             server_side.send_response(server_side.accept(reqs[0]))
             _pump_out(client, server_side)
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            with self._lock:
-                self._socks += [client, upstream]
+            self._track(client, upstream)
             client_side = ClientProtocol(parse_uri(f"ws://127.0.0.1:{self.target_port}/"), max_size=None)
             client_side.send_request(client_side.connect())
             _pump_out(upstream, client_side)
@@ -170,94 +211,51 @@ class ReframingProxy:
                 self.packed_frames += 1
         _pump_out(client, proto)
 
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._listener.close()
-        for t in self._threads:
-            t.join(5)
 
-
-class HTTPRefuser:
+class HTTPRefuser(_Listener):
     """Answers each connection's request with ``status`` and closes; ``requests`` keeps the
     request heads it read."""
+
+    scheme = "ws"
 
     def __init__(self, status: int, reason: str) -> None:
         self.status = status
         self.reason = reason
-        self.port = free_port()
         self.requests: List[bytes] = []
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._listener.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="http-refuser", daemon=True)
-        self._thread.start()
+        super().__init__("http-refuser")
 
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            head = b""
             try:
-                conn, _ = self._listener.accept()
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                self.requests.append(head)
+                body = f"{self.reason}: go away\n".encode()
+                conn.sendall(
+                    f"HTTP/1.1 {self.status} {self.reason}\r\nContent-Type: text/plain\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
             except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                head = b""
-                try:
-                    while b"\r\n\r\n" not in head:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        head += chunk
-                    self.requests.append(head)
-                    body = f"{self.reason}: go away\n".encode()
-                    conn.sendall(
-                        f"HTTP/1.1 {self.status} {self.reason}\r\nContent-Type: text/plain\r\n"
-                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                        + body
-                    )
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
+                pass
 
 
-class SilentPort:
+class SilentPort(_Listener):
     """Accepts connections and never sends a byte; once a client closes a connection,
     everything it sent on it goes into ``received``. ``accepted`` counts the connections."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.accepted = 0
         self.received: queue.Queue[bytes] = queue.Queue()
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._listener.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="silent-port", daemon=True)
-        self._thread.start()
+        super().__init__("silent-port")
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            threading.Thread(target=self._listen, args=(conn,), name="silent-conn", daemon=True).start()
-
-    def _listen(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket) -> None:
+        self.accepted += 1
         got = b""
         conn.settimeout(20)
         try:
@@ -272,13 +270,8 @@ class SilentPort:
             conn.close()
             self.received.put(got)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
 
-
-class SlowGreeter:
+class SlowGreeter(_Listener):
     """A TCP proxy to the nats-server at ``127.0.0.1:target_port`` that holds the server's bytes
     (its INFO first) back for ``delay`` seconds after each connect; what the client sends goes
     through at once. ``first_sent`` has the first bytes the client sent on each connection."""
@@ -286,40 +279,19 @@ class SlowGreeter:
     def __init__(self, target_port: int, delay: float) -> None:
         self.target_port = target_port
         self.delay = delay
-        self.port = free_port()
         self.first_sent: List[bytes] = []
-        self._lock = threading.Lock()
-        self._socks: List[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._listener.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="slow-greeter", daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._serve, args=(client,), name="slow-greeter-c", daemon=True).start()
+        super().__init__("slow-greeter")
 
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
         upstream.settimeout(None)
-        with self._lock:
-            self._socks += [client, upstream]
+        self._track(client, upstream)
         up = threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True)
         up.start()
         self._stop.wait(self.delay)  # the server's INFO waits in upstream's receive buffer
         self._pipe(upstream, client, False)
         up.join(5)  # each pipe shuts both sockets down as it ends, so the other ends too
-        with self._lock:
-            self._socks = [s for s in self._socks if s is not client and s is not upstream]
+        self._untrack(client, upstream)
         client.close()
         upstream.close()
 
@@ -342,22 +314,6 @@ class SlowGreeter:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-
-    def drop(self) -> None:
-        """Cut every connection (the client then reconnects)."""
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for sock in socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.drop()
-        self._listener.close()
 
 
 __all__ = ["ReframingProxy", "HTTPRefuser", "SilentPort", "SlowGreeter"]
