@@ -133,7 +133,7 @@ def test_consume_ends_when_consumer_deleted(js: ts.JetStream, jsbus: ts.MessageB
     c = js.create_consumer("T", durable="del")
     errors = ErrorLog()
     cc = c.consume(lambda m: m.ack(), error_handler=errors, expires=2, heartbeat=0.5)
-    time.sleep(0.3)  # let the pull request reach the server
+    wait_until(lambda: c.info().num_waiting >= 1, 5, "the pull request at the server")
     js.delete_consumer("T", "del")
     assert cc.join(5)
     assert isinstance(cc.error, ts.ConsumerDeletedError)
@@ -450,8 +450,9 @@ def test_consume_stop_while_waiting_ends_its_thread_quietly(js: ts.JetStream) ->
     threading.excepthook = lambda args: seen.append(args.exc_value)  # type: ignore[assignment,misc]
     try:
         for _ in range(5):
-            cc = js.create_consumer("T").consume(lambda m: None)
-            time.sleep(0.05)
+            c = js.create_consumer("T")
+            cc = c.consume(lambda m: None)
+            wait_until(lambda c=c: c.info().num_waiting >= 1, 5, "the pull request at the server")
             cc.stop()
             assert cc.join(5)
     finally:

@@ -154,7 +154,8 @@ def test_stopping_jetstream_iteration_and_consume_while_they_wait(tmp_path: Path
 
             t = threading.Thread(target=loop)
             t.start()
-            time.sleep(0.3)  # let it block in its wait (the stop must interrupt that)
+            # its pull request at the server: it waits (the stop must interrupt that)
+            wait_until(lambda source=source: source.info().num_waiting >= 1, 5, "the pull request")
             it.stop()
             join_all([t])
             assert outcome == ["ended"]

@@ -203,7 +203,8 @@ def test_cli_recorder_killed_with_sigkill_leaves_a_readable_file(
         for i in range(500):
             other.publish("k.x", {"i": i, "pad": "y" * 200})
         other.flush()
-        time.sleep(0.6)  # > flush interval: everything is with the OS
+        # flushed on the interval: all 500 lines are with the OS before the kill
+        wait_until(lambda: path.exists() and path.read_bytes().count(b"\n") >= 500, 10, "500 lines written")
         for i in range(500, 520):  # and some that may be cut mid-line
             other.publish("k.x", {"i": i, "pad": "y" * 200})
         other.flush()
@@ -231,8 +232,7 @@ def test_cli_record_sigterm_and_replay(server: NatsServer, other: ts.MessageBus,
     assert "recording" in proc.stderr.readline()
     for i in range(10):
         other.publish("c.a" if i % 2 else "c.b", i)
-    other.flush()
-    time.sleep(0.2)
+    other.flush()  # the server has routed all 10: the recorder's drain on SIGTERM delivers them
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err

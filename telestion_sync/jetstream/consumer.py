@@ -634,8 +634,7 @@ class _Pump:
         ordered = puller.ordered
         check = puller._check
         by_bytes = self.max_bytes
-        taken = 0  # data messages, counted against pending_msgs in steps
-        counted = 0  # of them already counted
+        taken = 0  # data messages not yet counted against pending_msgs
         accepted = False
         i = 0
         for m in msgs:
@@ -653,23 +652,20 @@ class _Pump:
                     accepted = True
                     ready.append(jm)
                 elif verdict == RESET:
-                    self._count(taken - counted)
-                    counted = taken
                     self._start_over(time.monotonic())
                     buf.extend(msgs[i:])
                     break
                 continue
-            self._count(taken - counted)
-            counted = taken
+            self._count(taken)  # before the status acts on the pending counts
+            taken = 0
             now = time.monotonic()
             self.last_activity = now
             self._on_status_msg(m, now)
             if self.error is not None or self.need_reset:
                 buf.extend(msgs[i:])
                 break
-        self._count(taken - counted)
-        if taken:
-            self._estimate(m)
+        self._count(taken)
+        self._estimate(m)
         if accepted:
             self.backoff = 0.25
 

@@ -12,7 +12,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .. import codecs as _codecs
 from ..errors import DecodeError
@@ -31,20 +31,31 @@ _WPI = b"+WPI"
 _TERM = b"+TERM"
 
 
-def parse_metadata(reply: Optional[str]) -> MsgMetadata:
-    """The metadata in a ``$JS.ACK`` reply subject (v1: 9 tokens; v2: 11 or more tokens with
-    domain and account hash). Raises :class:`NotAckableError` for any other subject."""
+def _ack_tokens(reply: Optional[str]) -> Optional[Tuple[List[str], int]]:
+    """The tokens of a ``$JS.ACK`` reply subject and the index of its stream token (v1: 9
+    tokens, ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``; v2: 11 or
+    more, with domain and account hash before the stream), or None for any other subject."""
     if not reply or not reply.startswith("$JS.ACK."):
-        raise NotAckableError(f"not a JetStream message (reply subject {reply!r})")
+        return None
     t = reply.split(".")
     n = len(t)
+    if n == 9:
+        return t, 2
+    if n >= 11:
+        return t, 4
+    return None
+
+
+def parse_metadata(reply: Optional[str]) -> MsgMetadata:
+    """The metadata in a ``$JS.ACK`` reply subject. Raises :class:`NotAckableError` for any
+    other subject."""
+    found = _ack_tokens(reply)
+    if found is None:
+        if reply and reply.startswith("$JS.ACK."):
+            raise NotAckableError(f"malformed JetStream ack subject {reply!r}: {reply.count('.') + 1} tokens")
+        raise NotAckableError(f"not a JetStream message (reply subject {reply!r})")
+    t, off = found
     try:
-        if n == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-            domain, off = "", 2
-        elif n >= 11:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>...[.<token>]
-            domain, off = ("" if t[2] == "_" else t[2]), 4
-        else:
-            raise ValueError(f"{n} tokens")
         return MsgMetadata(
             sequence=SequencePair(int(t[off + 3]), int(t[off + 4])),
             num_delivered=int(t[off + 2]),
@@ -52,7 +63,7 @@ def parse_metadata(reply: Optional[str]) -> MsgMetadata:
             timestamp=time_from_nanos(int(t[off + 5])),
             stream=t[off],
             consumer=t[off + 1],
-            domain=domain,
+            domain="" if off == 2 or t[2] == "_" else t[2],
         )
     except (ValueError, IndexError) as exc:
         raise NotAckableError(f"malformed JetStream ack subject {reply!r}: {exc}") from exc
@@ -61,13 +72,10 @@ def parse_metadata(reply: Optional[str]) -> MsgMetadata:
 def ack_sequences(reply: Optional[str]) -> Optional[Tuple[str, int, int]]:
     """``(consumer, stream seq, consumer seq)`` from a ``$JS.ACK`` subject, None if it is not
     one: the ordered consumer's per-message check, cheaper than the full metadata."""
-    if not reply or not reply.startswith("$JS.ACK."):
+    found = _ack_tokens(reply)
+    if found is None:
         return None
-    t = reply.split(".")
-    n = len(t)
-    off = 2 if n == 9 else 4 if n >= 11 else -1
-    if off < 0:
-        return None
+    t, off = found
     try:
         return t[off + 1], int(t[off + 3]), int(t[off + 4])
     except ValueError:
@@ -77,13 +85,10 @@ def ack_sequences(reply: Optional[str]) -> Optional[Tuple[str, int, int]]:
 def ack_fields(reply: Optional[str]) -> Optional[Tuple[int, int, int]]:
     """``(stream seq, timestamp in ns, pending)`` from a ``$JS.ACK`` subject, None if it is
     not one (what a KV watch needs per entry, without building the full metadata)."""
-    if not reply or not reply.startswith("$JS.ACK."):
+    found = _ack_tokens(reply)
+    if found is None:
         return None
-    t = reply.split(".")
-    n = len(t)
-    off = 2 if n == 9 else 4 if n >= 11 else -1
-    if off < 0:
-        return None
+    t, off = found
     try:
         return int(t[off + 3]), int(t[off + 5]), int(t[off + 6])
     except ValueError:

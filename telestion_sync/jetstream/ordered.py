@@ -222,9 +222,15 @@ class OrderedConsumer(_Puller):
             raise TimeoutError(f"no message from ordered consumer on {self.stream!r} within {timeout} s")
         return msgs[0]
 
-    def _pump(self, options: Any) -> _Pump:
+    def _pump(
+        self,
+        max_messages: int,
+        expires: float,
+        heartbeat: Optional[float],
+        error_handler: Optional[ErrorHandler],
+    ) -> _Pump:
         self._busy()
-        pump = _Pump(self, **options)
+        pump = _Pump(self, max_messages, None, expires, heartbeat, error_handler)
         if self._stale:  # the pump recreates the consumer before its first pull
             pump.need_reset = True
             self._stale = False
@@ -244,14 +250,7 @@ class OrderedConsumer(_Puller):
         ``max_messages`` and about ``DEFAULT_WINDOW_BYTES`` (32 MiB) of messages requested."""
         if not callable(callback):
             raise InvalidArgumentError("callback must be callable")
-        opts = dict(
-            max_messages=max_messages,
-            max_bytes=None,
-            expires=expires,
-            heartbeat=heartbeat,
-            error_handler=error_handler,
-        )
-        return ConsumeContext(self._pump(opts), callback)
+        return ConsumeContext(self._pump(max_messages, expires, heartbeat, error_handler), callback)
 
     def messages(
         self,
@@ -262,14 +261,7 @@ class OrderedConsumer(_Puller):
         error_handler: Optional[ErrorHandler] = None,
     ) -> MessagesIterator:
         """A blocking iterator over the messages in stream order (window as in :meth:`consume`)."""
-        opts = dict(
-            max_messages=max_messages,
-            max_bytes=None,
-            expires=expires,
-            heartbeat=heartbeat,
-            error_handler=error_handler,
-        )
-        return MessagesIterator(self._pump(opts))
+        return MessagesIterator(self._pump(max_messages, expires, heartbeat, error_handler))
 
     def info(self, timeout: Optional[float] = None) -> Any:
         """The info of the consumer currently behind this ordered consumer."""
