@@ -93,6 +93,7 @@ log = logging.getLogger("telestion_sync.client")
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 DEFAULT_TIMEOUT = 5.0
 _SUBJECT_CACHE_SIZE = 4096
+_INF = float("inf")
 
 ErrorCallback = Callable[[BaseException], Any]
 
@@ -496,7 +497,7 @@ class MessageBus(Handler):
         reply subjects received from the server: used once, so neither cached nor checked
         again."""
         if cache:
-            sb = self._pub_subjects.encode(subject)
+            sb = self._pub_hot.get(subject) or self._pub_subjects.encode(subject)
         else:  # a reply subject the server gave us: used once, and valid (the server routed it)
             sb = subject.encode("utf-8", "surrogateescape")
         hb: Optional[bytes] = None
@@ -524,8 +525,11 @@ class MessageBus(Handler):
                 raise MaxPayloadError(n, conn.max_payload)
             if n > LARGE_PAYLOAD:
                 conn.write(pub_head(sb, n, reply), 1, n, payload, CRLF, block=not now)
+            elif now:
+                conn.write_now(encode_pub(sb, payload, reply), n)
+                return
             else:
-                conn.write(encode_pub(sb, payload, reply), 1, n, block=not now)
+                conn.write(encode_pub(sb, payload, reply), 1, n)
         if now:
             conn.send_now(block=False)
 
@@ -549,6 +553,8 @@ class MessageBus(Handler):
         meanwhile (so callbacks that request from responders on this bus never deadlock)."""
         if lock.acquire(False):
             return True
+        if not self._dispatcher.on_worker():
+            return lock.acquire(True, max(0.0, deadline - time.monotonic()))
         with self._dispatcher.blocking():
             return lock.acquire(True, max(0.0, deadline - time.monotonic()))
 
@@ -768,10 +774,18 @@ class MessageBus(Handler):
         :class:`TimeoutError` after ``timeout`` seconds, and :class:`ServiceError` when the
         responder answered with NATS micro error headers.
         """
-        check_request(subject, timeout, headers, codec)
+        t = type(timeout)
+        if (
+            headers is not None
+            or codec is not None
+            or subject not in self._pub_hot  # a subject in steady use is valid already
+            or not ((t is float or t is int) and 0 < timeout < _INF)
+        ):
+            check_request(subject, timeout, headers, codec)
         self._check_open()
         mux = self._requests
-        mux.ensure_inbox(self._conn.write_control)
+        if mux.sid <= 0:
+            mux.ensure_inbox(self._conn.write_control)
         deadline = time.monotonic() + timeout
         reply, slot = mux.open(subject)
         try:

@@ -598,6 +598,29 @@ class Connection:
         else:
             self.send_now()  # over the high-water mark: send it ourselves (backpressure)
 
+    def write_now(self, frame: bytes, nbytes: int) -> None:
+        """Queue one message frame and send the buffer from the calling thread at once: the
+        same as :meth:`write` and :meth:`send_now` with ``block=False`` (requests, replies),
+        in one lock round when no other send is in progress."""
+        if self._send_lock.acquire(False):
+            try:
+                with self._wlock:
+                    link = self._link
+                    if self.connected and link is not None:
+                        self._wbuf += frame
+                        self.out_msgs += 1
+                        self.out_bytes += nbytes
+                        data: Optional[bytearray] = self._take()
+                    else:
+                        data = None
+                if data is not None and link is not None:
+                    self._send(link, data)
+                    return
+            finally:
+                self._send_lock.release()
+        self.write(frame, 1, nbytes, block=False)
+        self.send_now(block=False)
+
     def write_control(self, frame: bytes) -> None:
         """Queue a SUB/UNSUB frame. While disconnected it is dropped: the client's state is
         replayed on reconnect instead (``Handler._resubscribe_frames``)."""

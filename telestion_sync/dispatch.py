@@ -168,12 +168,17 @@ class Dispatcher:
 
     # --- blocking calls on worker threads --------------------------------------------------
 
+    def on_worker(self) -> bool:
+        """True on one of this dispatcher's delivery threads (a blocking call there needs
+        :meth:`blocking`)."""
+        return getattr(self._local, "worker", False)
+
     @contextlib.contextmanager
     def blocking(self) -> Iterator[None]:
         """Around a blocking call of the bus: on a delivery thread, another worker takes over
         the queued work at once (so callbacks that wait for other callbacks, e.g. requests to
         ``reply()`` handlers on the same bus, never deadlock); elsewhere it does nothing."""
-        if not getattr(self._local, "worker", False):
+        if not self.on_worker():
             yield
             return
         with self._lock:

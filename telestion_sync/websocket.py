@@ -42,7 +42,6 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidState, InvalidStatus
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -180,19 +179,18 @@ class WebSocketStream:
 
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes of the NATS stream; b"" once the server closed the connection."""
-        while not self._chunks:
+        chunks = self._chunks
+        while not chunks:
             if self._eof:
                 return b""
-            self._feed(self._sock.recv(max(size, _READ_SIZE)))
+            self._feed(self._sock.recv(size if size > _READ_SIZE else _READ_SIZE))
+        if len(chunks) == 1 and not self._offset and len(chunks[0]) <= size:
+            return chunks.popleft()  # the common case: one whole frame's data
         return self._take(size)
 
     def _take(self, size: int) -> bytes:
         chunks = self._chunks
-        head = chunks[0]
         off = self._offset
-        if not off and len(head) <= size and len(chunks) == 1:
-            chunks.popleft()
-            return head
         parts = []
         room = size
         while chunks and room > 0:
@@ -220,21 +218,22 @@ class WebSocketStream:
             else:
                 proto.receive_eof()
             events = proto.events_received()
-            produced = self._queue(proto.data_to_send())
+            out = proto.data_to_send()
+            produced = bool(out) and self._queue(out)
             failure = proto.parser_exc
         if not data:
             self._eof = True
+        chunks = self._chunks
         for ev in events:
-            if isinstance(ev, Frame):
+            if type(ev) is Frame:
                 if ev.opcode in _DATA:
                     if ev.data:
-                        data_ = ev.data
-                        self._chunks.append(data_ if type(data_) is bytes else bytes(data_))
+                        payload = ev.data
+                        chunks.append(payload if type(payload) is bytes else bytes(payload))
                 elif ev.opcode is Opcode.CLOSE:
                     self._eof = True
                     self._closed_by_server()
-            elif isinstance(ev, Response):
-                pass  # the handshake reads the outcome from the protocol object
+            # a Response: the handshake reads the outcome from the protocol object
         if produced:
             self._kick()
         if failure is not None and proto.state is not State.CONNECTING:
@@ -255,24 +254,43 @@ class WebSocketStream:
         """Send ``data`` as one binary WebSocket message (after anything queued before it)."""
         if not data:
             return
-        step = len(data)
-        if self.compression:
-            step = max(1, min(self.max_message_size, _COMPRESSED_MESSAGE))
-        view = memoryview(data) if step < len(data) else data
+        if self.compression and len(data) > min(self.max_message_size, _COMPRESSED_MESSAGE):
+            self._sendall_split(data)
+            return
+        # The common case in one pass: one frame, one lock round, one send.
+        with self._send_lock:
+            with self._lock:
+                out = self._encode(data)
+                if self._out:  # control frames the reader queued go first
+                    out[:0] = self._out
+                    self._out = []
+            send = self._sock.sendall
+            for chunk in out:
+                send(chunk)
+        while self._out:  # queued by the reader after our look, while we held the lock
+            with self._send_lock:
+                self._drain()
+
+    def _sendall_split(self, data: Bytes) -> None:
+        """Send ``data`` compressed, in messages the server can inflate within max_payload."""
+        step = max(1, min(self.max_message_size, _COMPRESSED_MESSAGE))
+        view = memoryview(data)
         with self._send_lock:
             for start in range(0, len(view), step):
                 with self._lock:  # released between messages: the reader is not kept waiting
-                    try:
-                        self._proto.send_binary(view[start : start + step] if view is not data else data)
-                    except InvalidState:
-                        raise ConnectionResetError(
-                            f"the WebSocket connection to {self.label} is closing"
-                        ) from None
-                    self._queue(self._proto.data_to_send())
+                    self._out.extend(self._encode(view[start : start + step]))
                 self._drain()
-        while self._out:  # queued by the reader after our last look, while we held the lock
+        while self._out:
             with self._send_lock:
                 self._drain()
+
+    def _encode(self, data: Bytes) -> List[bytes]:
+        """``data`` as a binary frame, ready to send (called with _lock held)."""
+        try:
+            self._proto.send_binary(data)
+        except InvalidState:
+            raise ConnectionResetError(f"the WebSocket connection to {self.label} is closing") from None
+        return self._proto.data_to_send()
 
     def _queue(self, produced: List[bytes]) -> bool:
         """Queue the protocol's output (called with _lock held); True if there was any. The

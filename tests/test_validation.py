@@ -663,6 +663,35 @@ def test_bad_method_argument_fails_at_once_and_sends_nothing(
         assert after == before, "something was sent or created before the argument was checked"
 
 
+@pytest.mark.parametrize(
+    ("timeout", "kind"),
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        (None, TypeError),
+        (True, TypeError),
+        ("1", TypeError),
+    ],
+)
+def test_request_checks_its_timeout_on_a_subject_in_steady_use(
+    shared_server: NatsServer, timeout: Any, kind: type
+) -> None:
+    """request() skips the subject check for subjects it has sent to before: the timeout is
+    still checked, before anything is sent."""
+    with ts.connect(shared_server.url) as bus:
+        for _ in range(3):
+            bus.publish("steady.subject", b"")
+        bus.flush()
+        sent = bus.stats.out_msgs
+        with pytest.raises(kind, match="timeout") as info:
+            bus.request("steady.subject", timeout=timeout)
+        if kind is TypeError:
+            assert not isinstance(info.value, ValueError)
+        assert bus.stats.out_msgs == sent
+
+
 GOOD_CALLS: List[Tuple[str, Call]] = [
     ("subscribe unlimited", lambda b, s: b.subscribe("x", pending_msgs_limit=-1, pending_bytes_limit=-1)),
     (
