@@ -57,7 +57,15 @@ from .protocol import (
     ClientProtocol,
     Event,
 )
-from .transport import WebSocketStream, hang_up, open_tcp, start_tls, start_websocket
+from .transport import (
+    IO_TIMEOUT,
+    WebSocketStream,
+    hang_up,
+    open_tcp,
+    set_io_timeout,
+    start_tls,
+    start_websocket,
+)
 
 log = logging.getLogger("telestion_sync.connection")
 
@@ -353,7 +361,8 @@ class Connection:
         addr = srv.addr
         started = time.monotonic()
         deadline = started + self.connect_timeout
-        sock: Any = open_tcp(addr.host, addr.port, deadline)
+        tcp = open_tcp(addr.host, addr.port, deadline)
+        sock: Any = tcp
         self._connecting_sock = sock
         try:
             ctx = self._tls
@@ -408,9 +417,9 @@ class Connection:
             fields = self._connect_options(addr, ctx is not None, info.get("nonce"))
             sock.sendall(proto.connect_frame(fields))
             self._read_until(sock, proto, deadline, OPEN)
-            # Bounds each chunk a writer sends into a stalled connection (_send); the reader's
-            # recv just wakes up this often to see whether the link was given up.
-            sock.settimeout(self.write_timeout)
+            # Bounds a writer's send into a stalled connection (_send); the reader's recv just
+            # wakes up this often to see whether the link was given up.
+            set_io_timeout(tcp, sock, self.write_timeout)
             return sock, proto
         except TimeoutError:  # ours (a subclass of socket.timeout): it says what timed out
             sock.close()
@@ -665,8 +674,9 @@ class Connection:
             self._send_lock.release()
 
     def _send(self, link: _Link, data: bytearray) -> bool:
-        """Send ``data`` on ``link`` (with _send_lock held) in chunks, each within
-        ``write_timeout``; a link that cannot take one is lost. True when all was sent."""
+        """Send ``data`` on ``link`` (with _send_lock held); a link that takes nothing for
+        ``write_timeout`` is lost (a slow link that still moves data is not). True when all
+        was sent."""
         sendall = link.sock.sendall
         try:
             if len(data) <= _SEND_CHUNK:
@@ -676,7 +686,7 @@ class Connection:
                 for i in range(0, len(view), _SEND_CHUNK):
                     sendall(view[i : i + _SEND_CHUNK])
             return True
-        except socket.timeout:
+        except IO_TIMEOUT:
             self._lost(link, Error(f"stalled connection: could not send for {self.write_timeout} s"))
         except OSError as exc:
             self._lost(link, exc)
@@ -802,7 +812,7 @@ class Connection:
                     try:
                         data = recv(min(need, _MAX_READ_SIZE) if need > _READ_SIZE else _READ_SIZE)
                         break
-                    except socket.timeout:
+                    except IO_TIMEOUT:
                         if not link.alive:
                             return
                 if not data:

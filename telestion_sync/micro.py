@@ -44,6 +44,8 @@ def respond_value(msg: Message, result: Any, codec: _codecs.Codec, default: _cod
 def check_reply(subject: str, msg: Message) -> Message:
     """``msg`` when it is an answer; :class:`NoRespondersError` for a no-responders status and
     :class:`ServiceError` for a micro error reply."""
+    if msg.header_block is None:  # the common answer: no headers, so no status either
+        return msg
     if msg.status == 503:
         raise NoRespondersError(subject)
     h = msg._headers
