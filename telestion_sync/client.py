@@ -778,6 +778,7 @@ class MessageBus(Handler):
         if (
             headers is not None
             or codec is not None
+            or type(subject) is not str
             or subject not in self._pub_hot  # a subject in steady use is valid already
             or not ((t is float or t is int) and 0 < timeout < _INF)
         ):
