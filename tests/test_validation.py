@@ -519,7 +519,7 @@ METHOD_RULES: List[Tuple[str, Call, type, str]] = [
     ),
     ("request wildcard", lambda b, s: b.request("svc.*"), ts.BadSubjectError, "wildcard"),
     ("request subject space", lambda b, s: b.request("a b"), ts.BadSubjectError, "contains whitespace"),
-    ("request subject list", lambda b, s: b.request([]), ts.BadSubjectError, "subject must be a str, not list"),
+    ("request subject list", lambda b, s: b.request([]), ts.BadSubjectError, "must be a str, not list"),
     (
         "request headers str",
         lambda b, s: b.request("x", headers="k: v"),
