@@ -142,7 +142,8 @@ def set_io_timeout(tcp: socket.socket, stream: Any, seconds: float) -> None:
     """
     if sys.platform != "win32":
         whole = int(seconds)
-        tv = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+        # at least 1 us: a zero timeval means no timeout at all
+        tv = struct.pack("ll", whole, max(int((seconds - whole) * 1e6), 0 if whole else 1))
         try:
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)

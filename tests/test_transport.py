@@ -56,6 +56,18 @@ def test_a_receive_from_a_silent_peer_ends_at_the_timeout(link: Tuple[socket.soc
     assert TIMEOUT * 0.8 <= took < TIMEOUT + MARGIN
 
 
+@pytest.mark.timeout(10)
+def test_a_timeout_under_a_microsecond_is_not_no_timeout(link: Tuple[socket.socket, socket.socket]) -> None:
+    """A timeval of zero means "wait forever" to the kernel: a valid write_timeout of 0.5 us
+    must still end a receive (it did not: the reader's recv never came back)."""
+    ours, _ = link
+    set_io_timeout(ours, ours, 5e-7)
+    start = time.monotonic()
+    with pytest.raises(IO_TIMEOUT):
+        ours.recv(100)
+    assert time.monotonic() - start < MARGIN
+
+
 def test_a_send_to_a_peer_that_reads_nothing_ends_at_the_timeout(
     link: Tuple[socket.socket, socket.socket],
 ) -> None:
