@@ -72,8 +72,8 @@ log = logging.getLogger("telestion_sync.connection")
 DEFAULT_CONNECT_TIMEOUT = 2.0  # nats.go's default
 DEFAULT_PING_INTERVAL = 120.0  # nats.go's default
 DEFAULT_MAX_OUTSTANDING_PINGS = 2  # nats.go's default
-#: A send that moves no chunk of ``_SEND_CHUNK`` bytes within this many seconds means a dead
-#: link (nats-server's own write_deadline is 10 s). Separate from ``ping_interval``, so a
+#: A send that moves nothing for this many seconds means a dead link (nats-server's own
+#: write_deadline is 10 s). Separate from ``ping_interval``, so a
 #: stalled send is found in seconds, not minutes.
 DEFAULT_WRITE_TIMEOUT = 10.0
 _SEND_CHUNK = 1024 * 1024
@@ -657,7 +657,7 @@ class Connection:
 
         With ``block=False`` it leaves the buffer to the writer thread when another send is in
         progress: a request, flush or reply never waits behind a large publish on a slow link
-        (nats.go's Flush and Request can). Each chunk sent may take ``write_timeout``.
+        (nats.go's Flush and Request can). A send that moves nothing for ``write_timeout`` fails.
         """
         if not self._send_lock.acquire(block):
             with self._wlock:
