@@ -74,6 +74,7 @@ class Dispatcher:
         self._blocked = 0  # workers inside a blocking call of the bus
         self._moved = time.monotonic()  # the last time a worker took work off the queue
         self._watchdog: Optional[threading.Thread] = None
+        self._guard_parked = False  # the watchdog waits without a deadline (nothing queued)
         self._closed = False
         self._local = threading.local()
         self._counter = 0
@@ -88,31 +89,56 @@ class Dispatcher:
                 return
             sub._scheduled = True
             self._runq.append(sub)
-            if self._idle:
-                self._work.notify()
-            elif len(self._workers) - self._blocked < CORE:
-                self._spawn()
-            else:
-                self._wake_watchdog()
+            self._kick(1)
 
-    def _spawn(self) -> None:
-        """Start a worker (called with the lock held)."""
+    def schedule_many(self, subs: List[Deliverable]) -> None:
+        """:meth:`schedule` for each of ``subs`` (a read batch's), under one lock."""
+        with self._lock:
+            if self._closed:
+                return
+            runq = self._runq
+            added = 0
+            for sub in subs:
+                if not sub._scheduled:
+                    sub._scheduled = True
+                    runq.append(sub)
+                    added += 1
+            if added:
+                self._kick(added)
+
+    def _kick(self, added: int) -> None:
+        """Get ``added`` newly queued subscriptions served (called with the lock held): wake
+        idle workers, start one while under ``CORE``, else let the watchdog watch."""
+        if self._idle:
+            woken = min(added, self._idle)
+            self._work.notify(woken)
+            added -= woken
+        while added and len(self._workers) - self._blocked < CORE and self._spawn():
+            added -= 1
+        if added:
+            self._wake_watchdog()
+
+    def _spawn(self) -> bool:
+        """Start a worker (called with the lock held); False at ``MAX_WORKERS``."""
         if len(self._workers) >= MAX_WORKERS:
             if not self._capped:
                 self._capped = True
                 log.warning("all %d delivery threads are busy; callbacks wait", MAX_WORKERS)
-            return
+            return False
         self._counter += 1
         t = threading.Thread(target=self._run, name=f"{self._name}-deliver-{self._counter}", daemon=True)
         self._workers.append(t)
         t.start()
+        return True
 
     def _wake_watchdog(self) -> None:
-        """Make sure the watchdog looks at the queue (called with the lock held)."""
+        """Make sure the watchdog looks at the queue (called with the lock held). A watchdog
+        already timing a non-empty queue looks again within ``STALL`` anyway: it is not woken
+        (that was a thread switch per message when every worker was busy)."""
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._guard, name=f"{self._name}-watchdog", daemon=True)
             self._watchdog.start()
-        else:
+        elif self._guard_parked:
             self._watch.notify()
 
     # --- the workers -----------------------------------------------------------------------
@@ -122,9 +148,13 @@ class Dispatcher:
         self._local.worker = True
         lock = self._lock
         runq = self._runq
+        sub: Optional[Deliverable] = None  # the one delivered last, put back under the lock
         try:
             while True:
-                with lock:
+                with lock:  # one round: the last subscription back, the next one out
+                    if sub is not None:
+                        self._put_back(sub)
+                        sub = None
                     while not runq:
                         if self._closed:
                             return
@@ -139,17 +169,21 @@ class Dispatcher:
                     sub._deliver_batch(BATCH)
                 except Exception:  # a bug in delivery: reported, and the worker goes on
                     log.exception("delivery failed")
-                finally:
-                    with lock:
-                        if not self._closed and sub._has_work():
-                            runq.append(sub)  # still scheduled: at the back, for fairness
-                            if self._idle:
-                                self._work.notify()
-                        else:
-                            sub._scheduled = False
         finally:
             with lock:
+                if sub is not None:  # a callback ended the thread (SystemExit): others go on
+                    self._put_back(sub)
                 self._workers.remove(me)
+
+    def _put_back(self, sub: Deliverable) -> None:
+        """After a worker's turn (lock held): to the back of the queue when it has more, for
+        fairness, else no longer scheduled."""
+        if not self._closed and sub._has_work():
+            self._runq.append(sub)  # still scheduled
+            if self._idle:
+                self._work.notify()
+        else:
+            sub._scheduled = False
 
     def _guard(self) -> None:
         """Inject a worker when queued work does not move (all workers stuck in callbacks)."""
@@ -164,7 +198,11 @@ class Dispatcher:
                         stuck = 0.0
                     self._watch.wait(STALL - stuck)
                 else:
-                    self._watch.wait()
+                    self._guard_parked = True
+                    try:
+                        self._watch.wait()
+                    finally:
+                        self._guard_parked = False
 
     # --- blocking calls on worker threads --------------------------------------------------
 

@@ -576,7 +576,22 @@ class Subscription(MessageContext):
 
 
 def wake_all(subs: List[Subscription]) -> None:
-    """Wake the consumers of the subscriptions a read batch touched."""
+    """Wake the consumers of the subscriptions a read batch touched; the callback ones are
+    scheduled together, under one lock of their dispatcher."""
+    pooled: List[Any] = []
+    pool: Optional[Dispatcher] = None
     for sub in subs:
-        sub._wake()
+        p = sub._pool
+        if p is None:
+            sub._wake()
+            continue
+        sub._touched = False
+        if p is not pool:
+            if pool is not None and pooled:
+                pool.schedule_many(pooled)
+                pooled = []
+            pool = p
+        pooled.append(sub)
+    if pool is not None and pooled:
+        pool.schedule_many(pooled)
     subs.clear()
