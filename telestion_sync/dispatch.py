@@ -171,19 +171,22 @@ class Dispatcher:
                     log.exception("delivery failed")
         finally:
             with lock:
-                if sub is not None:  # a callback ended the thread (SystemExit): others go on
-                    self._put_back(sub)
                 self._workers.remove(me)
+                # A callback ended the thread (SystemExit): its subscription goes back, and
+                # another worker (or the watchdog) must come for it, as for any queued work.
+                if sub is not None and self._put_back(sub) and not self._idle:
+                    self._kick(1)
 
-    def _put_back(self, sub: Deliverable) -> None:
+    def _put_back(self, sub: Deliverable) -> bool:
         """After a worker's turn (lock held): to the back of the queue when it has more, for
-        fairness, else no longer scheduled."""
+        fairness (True), else no longer scheduled."""
         if not self._closed and sub._has_work():
             self._runq.append(sub)  # still scheduled
             if self._idle:
                 self._work.notify()
-        else:
-            sub._scheduled = False
+            return True
+        sub._scheduled = False
+        return False
 
     def _guard(self) -> None:
         """Inject a worker when queued work does not move (all workers stuck in callbacks)."""

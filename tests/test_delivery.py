@@ -298,3 +298,37 @@ def test_drain_from_inside_its_own_callback(bus: ts.MessageBus) -> None:
     wait_until(lambda: len(got) == 5, what="the messages pending at the drain")
     assert got == [b"%d" % i for i in range(5)]
     join_all([])
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_callback_ending_its_worker_with_system_exit_does_not_strand_its_subscription(
+    bus: ts.MessageBus, other: ts.MessageBus
+) -> None:
+    # The only worker ends (SystemExit in a callback) while its subscription still has a
+    # message queued; the subscription goes back on the run queue, and a worker must come for
+    # it although nothing else is ever scheduled.
+    entered = threading.Event()
+    leave = threading.Event()
+    got: List[bytes] = []
+    second = threading.Event()
+
+    def cb(msg: ts.Message) -> None:
+        if msg.payload == b"first":
+            entered.set()
+            assert leave.wait(10)
+            raise SystemExit
+        got.append(msg.payload)
+        second.set()
+
+    bus.subscribe("exit", cb)
+    bus.flush()
+    other.publish("exit", b"first")
+    other.flush()
+    assert entered.wait(5)
+    other.publish("exit", b"second")
+    other.flush()
+    bus.flush()  # the server sent "second" before this PONG: it is queued, the sub still scheduled
+    leave.set()
+    assert second.wait(5), "the subscription's next message was never delivered"
+    assert got == [b"second"]
