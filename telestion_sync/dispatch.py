@@ -70,7 +70,10 @@ class Dispatcher:
         self._watch = threading.Condition(self._lock)  # the watchdog waits here
         self._runq: Deque[Deliverable] = deque()
         self._workers: List[threading.Thread] = []
-        self._idle = 0  # workers waiting for work
+        # Workers waiting for work and not yet woken: a woken one that has not taken the lock
+        # yet must not be counted on again (the work queued meanwhile waited for it).
+        self._idle = 0
+        self._wakeups = 0  # wake-ups sent to waiting workers and not yet taken
         self._blocked = 0  # workers inside a blocking call of the bus
         self._moved = time.monotonic()  # the last time a worker took work off the queue
         self._watchdog: Optional[threading.Thread] = None
@@ -109,14 +112,20 @@ class Dispatcher:
     def _kick(self, added: int) -> None:
         """Get ``added`` newly queued subscriptions served (called with the lock held): wake
         idle workers, start one while under ``CORE``, else let the watchdog watch."""
-        if self._idle:
-            woken = min(added, self._idle)
-            self._work.notify(woken)
-            added -= woken
+        added -= self._wake_idle(added)
         while added and len(self._workers) - self._blocked < CORE and self._spawn():
             added -= 1
         if added:
             self._wake_watchdog()
+
+    def _wake_idle(self, n: int) -> int:
+        """Wake up to ``n`` idle workers (called with the lock held); how many."""
+        n = min(n, self._idle)
+        if n:
+            self._idle -= n
+            self._wakeups += n
+            self._work.notify(n)
+        return n
 
     def _spawn(self) -> bool:
         """Start a worker (called with the lock held); False at ``MAX_WORKERS``."""
@@ -152,7 +161,7 @@ class Dispatcher:
         try:
             while True:
                 with lock:  # one round: the last subscription back, the next one out
-                    if sub is not None:
+                    if sub is not None:  # one in, one out below: nobody else to wake
                         self._put_back(sub)
                         sub = None
                     while not runq:
@@ -160,7 +169,10 @@ class Dispatcher:
                             return
                         self._idle += 1
                         woken = self._work.wait(IDLE_TIMEOUT)
-                        self._idle -= 1
+                        if self._wakeups:  # one of the waiting workers was woken: this one
+                            self._wakeups -= 1
+                        else:
+                            self._idle -= 1
                         if not woken and not runq:
                             return  # idle for long: the pool shrinks
                     sub = runq.popleft()
@@ -171,19 +183,20 @@ class Dispatcher:
                     log.exception("delivery failed")
         finally:
             with lock:
-                if sub is not None:  # a callback ended the thread (SystemExit): others go on
-                    self._put_back(sub)
                 self._workers.remove(me)
+                # A callback ended the thread (SystemExit): its subscription goes back, and
+                # another worker (or the watchdog) must come for it, as for any queued work.
+                if sub is not None and self._put_back(sub):
+                    self._kick(1)
 
-    def _put_back(self, sub: Deliverable) -> None:
+    def _put_back(self, sub: Deliverable) -> bool:
         """After a worker's turn (lock held): to the back of the queue when it has more, for
-        fairness, else no longer scheduled."""
+        fairness (True), else no longer scheduled."""
         if not self._closed and sub._has_work():
             self._runq.append(sub)  # still scheduled
-            if self._idle:
-                self._work.notify()
-        else:
-            sub._scheduled = False
+            return True
+        sub._scheduled = False
+        return False
 
     def _guard(self) -> None:
         """Inject a worker when queued work does not move (all workers stuck in callbacks)."""

@@ -298,3 +298,105 @@ def test_drain_from_inside_its_own_callback(bus: ts.MessageBus) -> None:
     wait_until(lambda: len(got) == 5, what="the messages pending at the drain")
     assert got == [b"%d" % i for i in range(5)]
     join_all([])
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_callback_ending_its_worker_with_system_exit_does_not_strand_its_subscription(
+    bus: ts.MessageBus, other: ts.MessageBus
+) -> None:
+    # The only worker ends (SystemExit in a callback) while its subscription still has a
+    # message queued; the subscription goes back on the run queue, and a worker must come for
+    # it although nothing else is ever scheduled.
+    entered = threading.Event()
+    leave = threading.Event()
+    got: List[bytes] = []
+    second = threading.Event()
+
+    def cb(msg: ts.Message) -> None:
+        if msg.payload == b"first":
+            entered.set()
+            assert leave.wait(10)
+            raise SystemExit
+        got.append(msg.payload)
+        second.set()
+
+    bus.subscribe("exit", cb)
+    bus.flush()
+    other.publish("exit", b"first")
+    other.flush()
+    assert entered.wait(5)
+    other.publish("exit", b"second")
+    other.flush()
+    bus.flush()  # the server sent "second" before this PONG: it is queued, the sub still scheduled
+    leave.set()
+    assert second.wait(5), "the subscription's next message was never delivered"
+    assert got == [b"second"]
+
+
+class _HeldWakeups(threading.Condition):
+    """The dispatcher's idle-worker condition, able to hold a woken worker back before it
+    takes the lock again (what a busy machine's scheduler may do for a while)."""
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__(lock)
+        self.holding = False
+        self.held = threading.Event()
+        self.go = threading.Event()
+
+    def _acquire_restore(self, state: Any) -> None:
+        if self.holding:
+            self.held.set()
+            self.go.wait(10)
+        self._lock.acquire()  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(30)
+def test_work_queued_while_the_idle_worker_is_already_woken_is_not_left_to_it(
+    bus: ts.MessageBus, other: ts.MessageBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers: one blocked in a callback, one idle. The idle one is woken for a
+    # subscription (whose callback blocks too) but has not run yet when a second subscription
+    # is queued: that one must not count on the same idle worker; the watchdog's bound holds.
+    monkeypatch.setattr(dispatch, "CORE", 2)
+    pool = bus._dispatcher
+    release = threading.Event()
+    blocked = threading.Semaphore(0)
+    quick = threading.Event()
+    fast = threading.Event()
+
+    def block(msg: ts.Message) -> None:
+        blocked.release()
+        release.wait(20)
+
+    bus.subscribe("held.block1", block)
+    bus.subscribe("held.block2", block)
+    bus.subscribe("held.quick", lambda msg: quick.set())
+    bus.subscribe("held.fast", lambda msg: fast.set())
+    bus.flush()
+    cond = _HeldWakeups(pool._lock)
+    try:
+        other.publish("held.block1", b"")
+        other.flush()
+        assert blocked.acquire(timeout=5)  # worker 1 stuck
+        with pool._lock:
+            assert pool._idle == 0
+            pool._work = cond  # nobody waits on the old one
+        other.publish("held.quick", b"")
+        other.flush()
+        assert quick.wait(5)  # worker 2 started, delivered, and is idle
+        wait_until(lambda: len(cond._waiters) == 1, 5, "an idle worker")  # type: ignore[attr-defined]
+        cond.holding = True
+        other.publish("held.block2", b"")
+        other.flush()
+        assert cond.held.wait(5)  # worker 2 woken for block2, not running yet
+        other.publish("held.fast", b"")
+        other.flush()
+        wait_until(lambda: len(pool._runq) == 2, 5, "block2 and fast queued")
+        cond.holding = False
+        cond.go.set()
+        assert blocked.acquire(timeout=5)  # worker 2 stuck in block2
+        assert fast.wait(2), "a queued callback waited for two blocked ones: no worker came"
+    finally:
+        cond.go.set()
+        release.set()
