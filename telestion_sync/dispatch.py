@@ -128,7 +128,8 @@ class Dispatcher:
         return n
 
     def _spawn(self) -> bool:
-        """Start a worker (called with the lock held); False at ``MAX_WORKERS``."""
+        """Start a worker (called with the lock held); False at ``MAX_WORKERS`` or when the
+        process can start no thread (the queued work waits for a worker that can)."""
         if len(self._workers) >= MAX_WORKERS:
             if not self._capped:
                 self._capped = True
@@ -137,7 +138,12 @@ class Dispatcher:
         self._counter += 1
         t = threading.Thread(target=self._run, name=f"{self._name}-deliver-{self._counter}", daemon=True)
         self._workers.append(t)
-        t.start()
+        try:
+            t.start()
+        except RuntimeError as exc:  # "can't start new thread": no dead entry left behind
+            self._workers.remove(t)
+            log.error("could not start a delivery thread: %s", exc)
+            return False
         return True
 
     def _wake_watchdog(self) -> None:
@@ -145,8 +151,13 @@ class Dispatcher:
         already timing a non-empty queue looks again within ``STALL`` anyway: it is not woken
         (that was a thread switch per message when every worker was busy)."""
         if self._watchdog is None:
-            self._watchdog = threading.Thread(target=self._guard, name=f"{self._name}-watchdog", daemon=True)
-            self._watchdog.start()
+            watchdog = threading.Thread(target=self._guard, name=f"{self._name}-watchdog", daemon=True)
+            try:
+                watchdog.start()
+            except RuntimeError as exc:  # tried again on the next call
+                log.error("could not start the delivery watchdog: %s", exc)
+                return
+            self._watchdog = watchdog
         elif self._guard_parked:
             self._watch.notify()
 

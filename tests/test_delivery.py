@@ -400,3 +400,41 @@ def test_work_queued_while_the_idle_worker_is_already_woken_is_not_left_to_it(
     finally:
         cond.go.set()
         release.set()
+
+
+@pytest.mark.timeout(30)
+def test_a_delivery_thread_that_cannot_start_costs_no_link_and_no_slot(
+    bus: ts.MessageBus, other: ts.MessageBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process can start no thread for a while ("can't start new thread"): the reader goes
+    on (the link is not lost), and once threads start again the queued messages are delivered
+    by a full set of workers (no dead entry counted against ``CORE``)."""
+    got: List[bytes] = []
+    all_in = threading.Event()
+    real_start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        if "-deliver-" in self.name or "-watchdog" in self.name:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    def cb(msg: ts.Message) -> None:
+        got.append(msg.payload)
+        if len(got) == 2:
+            all_in.set()
+
+    bus.subscribe("nothread", cb)
+    bus.subscribe("nothread.other", cb)
+    bus.flush()
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    other.publish("nothread", b"1")
+    other.flush()
+    bus.flush()  # the reader has handled the message (and tried to start a worker) by the PONG
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    assert bus.status is ts.State.CONNECTED
+    assert delivery_threads(bus) == []
+    other.publish("nothread.other", b"2")  # the next scheduling starts workers that can run
+    other.flush()
+    assert all_in.wait(10), f"delivered {got}"
+    assert sorted(got) == [b"1", b"2"]
+    assert bus.stats.reconnects == 0
