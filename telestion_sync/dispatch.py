@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Deque, Iterator, List, Optional, Protocol
+from typing import Deque, Iterator, List, Optional, Protocol, Sequence
 
 log = logging.getLogger("telestion_sync.dispatch")
 
@@ -87,14 +87,9 @@ class Dispatcher:
 
     def schedule(self, sub: Deliverable) -> None:
         """Queue ``sub`` for delivery unless it is queued or being delivered already."""
-        with self._lock:
-            if sub._scheduled or self._closed:
-                return
-            sub._scheduled = True
-            self._runq.append(sub)
-            self._kick(1)
+        self.schedule_many((sub,))
 
-    def schedule_many(self, subs: List[Deliverable]) -> None:
+    def schedule_many(self, subs: Sequence[Deliverable]) -> None:
         """:meth:`schedule` for each of ``subs`` (a read batch's), under one lock."""
         with self._lock:
             if self._closed:

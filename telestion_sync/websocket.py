@@ -254,7 +254,7 @@ class WebSocketStream:
         """Send ``data`` as one binary WebSocket message (after anything queued before it)."""
         if not data:
             return
-        if self.compression and len(data) > min(self.max_message_size, _COMPRESSED_MESSAGE):
+        if self.compression and len(data) > self._compressed_step():
             self._sendall_split(data)
             return
         # The common case in one pass: one frame, one lock round, one send.
@@ -267,19 +267,25 @@ class WebSocketStream:
             send = self._sock.sendall
             for chunk in out:
                 send(chunk)
-        while self._out:  # queued by the reader after our look, while we held the lock
-            with self._send_lock:
-                self._drain()
+        self._drain_late()
 
     def _sendall_split(self, data: Bytes) -> None:
         """Send ``data`` compressed, in messages the server can inflate within max_payload."""
-        step = max(1, min(self.max_message_size, _COMPRESSED_MESSAGE))
+        step = self._compressed_step()
         view = memoryview(data)
         with self._send_lock:
             for start in range(0, len(view), step):
                 with self._lock:  # released between messages: the reader is not kept waiting
                     self._out.extend(self._encode(view[start : start + step]))
                 self._drain()
+        self._drain_late()
+
+    def _compressed_step(self) -> int:
+        """The largest compressed message to send (see ``_COMPRESSED_MESSAGE``)."""
+        return max(1, min(self.max_message_size, _COMPRESSED_MESSAGE))
+
+    def _drain_late(self) -> None:
+        """Send what the reader queued after the sender's last look, while it held the lock."""
         while self._out:
             with self._send_lock:
                 self._drain()
